@@ -1,0 +1,157 @@
+"""The FineTuneJob API, v1alpha1: the single source of truth for the CRD and the CLI.
+
+The data-plane contract (model, dataset, method, training, deepspeed, export, serving)
+comes from `maap_trainer.config`; this module adds what only the cluster needs
+(replicas, resources, placement) and the status.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from maap_trainer.config import (
+    CamelModel,
+    DatasetSpec,
+    DeepSpeedSpec,
+    ExportSpec,
+    MethodSpec,
+    ModelSource,
+    ServingConfig,
+    TrainerConfig,
+    TrainingSpec,
+)
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "maap.dev"
+VERSION = "v1alpha1"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+SINGULAR = "finetunejob"
+SHORT_NAMES = ["ftj"]
+API_VERSION = f"{GROUP}/{VERSION}"
+
+Phase = Literal["Pending", "Training", "Exporting", "Serving", "Succeeded", "Failed"]
+Quantity = int | str
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class ServingSpec(ServingConfig):
+    replicas: int = Field(default=1, ge=0, le=100, description="Serving pods behind the Service.")
+
+
+class ResourcesSpec(CamelModel):
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description="Per training pod, e.g. {cpu: 4, memory: 16Gi}."
+    )
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+    gpus: int = Field(default=0, ge=0, le=16, description="nvidia.com/gpu per training pod.")
+    nodes: int = Field(default=1, ge=1, le=64, description="Training pods (one per node).")
+    processes_per_node: int = Field(
+        default=1, ge=1, le=64, description="Training processes per pod (one per GPU on GPU)."
+    )
+
+
+class PlacementSpec(CamelModel):
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] = Field(default_factory=dict)
+
+
+class FineTuneJobSpec(CamelModel):
+    model: ModelSource
+    dataset: DatasetSpec
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
+
+    def trainer_config(self, job_name: str, output_dir: str) -> TrainerConfig:
+        """The data-plane view of this spec, as handed to every stage."""
+        return TrainerConfig(
+            job_name=job_name,
+            model=self.model,
+            dataset=self.dataset,
+            method=self.method,
+            training=self.training,
+            deepspeed=self.deepspeed,
+            export=self.export,
+            serving=ServingConfig(**self.serving.model_dump(exclude={"replicas"})),
+            output_dir=output_dir,
+        )
+
+
+class Condition(CamelModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class Progress(CamelModel):
+    stage: str | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    percent: int | None = Field(default=None, ge=0, le=100)
+    loss: float | None = None
+    tokens_per_second: float | None = None
+    eta_seconds: int | None = None
+
+
+class Artifacts(CamelModel):
+    location: str | None = None
+    adapter: str | None = None
+    merged_model: str | None = None
+    onnx_model: str | None = None
+    onnx_size_bytes: int | None = None
+
+
+class TrainingMetrics(CamelModel):
+    eval_loss_before: float | None = None
+    eval_loss_after: float | None = None
+    train_loss: float | None = None
+    train_runtime_seconds: float | None = None
+    trainable_parameters: int | None = None
+    total_parameters: int | None = None
+
+
+class FineTuneJobStatus(CamelModel):
+    phase: Phase | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+    progress: Progress | None = None
+    artifacts: Artifacts | None = None
+    metrics: TrainingMetrics | None = None
+    endpoint: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+
+
+class ObjectMeta(BaseModel):
+    """The part of metadata the API reads; the rest passes through untouched."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class FineTuneJob(CamelModel):
+    api_version: Literal["maap.dev/v1alpha1"]
+    kind: Literal["FineTuneJob"]
+    metadata: ObjectMeta
+    spec: FineTuneJobSpec
+    status: FineTuneJobStatus | None = None

@@ -1,0 +1,121 @@
+"""The `maap` command line: run a FineTuneJob locally, print the CRD, validate, serve."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from maap_trainer.errors import UserError
+from rich.console import Console
+
+from maap.crd import render_crd
+from maap.manifest import ManifestError, load_manifest
+
+app = typer.Typer(
+    help="maap: fine-tune open models on your own machines and serve them with ONNX Runtime.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+EXIT_USER_ERROR = 2
+
+
+def fail(message: str) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
+    return typer.Exit(EXIT_USER_ERROR)
+
+
+@app.command()
+def run(
+    manifest: Annotated[Path, typer.Argument(help="FineTuneJob YAML, as for kubectl apply.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Artifacts go to OUTPUT/<job name>.")
+    ] = Path("maap-output"),
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Serve the model after export.")
+    ] = True,
+    host: Annotated[str, typer.Option(help="Address the server binds.")] = "127.0.0.1",
+    port: Annotated[
+        int | None, typer.Option(help="Server port (default: spec.serving.port).")
+    ] = None,
+) -> None:
+    """Train, export and serve a FineTuneJob on this machine."""
+    from maap_trainer.ports import ensure_port_free
+
+    from maap.local.runner import LocalRunner, StageFailed, resolve_trainer_config
+
+    try:
+        job = load_manifest(manifest)
+        cfg = resolve_trainer_config(job, manifest.parent.resolve(), output)
+        serving = serve and cfg.serving.enabled
+        if serving and not cfg.export.enabled:
+            raise UserError("spec.export.enabled: serving needs the ONNX export; enable export")
+        port = port or cfg.serving.port
+        if serving:
+            ensure_port_free(host, port)
+        runner = LocalRunner(cfg, console)
+        runner.check_inputs()
+    except (ManifestError, UserError) as exc:
+        raise fail(str(exc)) from None
+    console.print(
+        f"[bold]{job.metadata.name}[/]: {cfg.method.type} on {cfg.model.display_name}, "
+        f"data {cfg.dataset.path}, artifacts in {cfg.output_dir}"
+    )
+    try:
+        runner.run_pipeline()
+        runner.print_summary()
+        if serving:
+            raise typer.Exit(runner.serve(host, port))
+    except StageFailed as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def validate(manifest: Annotated[Path, typer.Argument(help="FineTuneJob YAML.")]) -> None:
+    """Check a manifest (and its local data set) without running anything."""
+    from maap.local.runner import LocalRunner, resolve_trainer_config
+
+    try:
+        job = load_manifest(manifest)
+        cfg = resolve_trainer_config(job, manifest.parent.resolve(), Path("maap-output"))
+        LocalRunner(cfg, console).check_inputs()
+    except (ManifestError, UserError) as exc:
+        raise fail(str(exc)) from None
+    console.print(f"{manifest}: FineTuneJob {job.metadata.name} is valid")
+
+
+@app.command()
+def crd() -> None:
+    """Print the FineTuneJob CustomResourceDefinition (generated from the API models)."""
+    sys.stdout.write(render_crd())
+
+
+@app.command("serve")
+def serve_command(
+    model_dir: Annotated[Path, typer.Argument(help="An exported ONNX model directory.")],
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    model_name: Annotated[str | None, typer.Option(help="Name clients ask for.")] = None,
+) -> None:
+    """Serve an exported model with the OpenAI-compatible API."""
+    name = model_name or model_dir.resolve().parent.name
+    argv = [sys.executable, "-m", "maap_trainer", "serve", "--model-dir", str(model_dir),
+            "--host", host, "--port", str(port), "--model-name", name]  # fmt: skip
+    os.execv(sys.executable, argv)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

