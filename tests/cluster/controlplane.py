@@ -332,25 +332,27 @@ class ControlPlane:
         return self
 
     def stop(self) -> None:
-        """SIGTERM every process group, SIGKILL what is left after 5 s; remove the workdir."""
+        """Stop in reverse start order (etcd last: the apiserver needs it to shut down
+        quickly), SIGTERM then SIGKILL after 5 s per process group; remove the workdir."""
         if self._stopped:
             return
         self._stopped = True
         atexit.unregister(self.stop)
+        t0 = time.monotonic()
         for proc in reversed(self._procs):
             if proc.popen.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.popen.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for proc in reversed(self._procs):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.popen.wait(timeout=5)
             # The group may hold children even after its leader exited.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.popen.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=5)
             proc.logfile.close()
+        if self._procs:
+            self._say(f"stopped {len(self._procs)} processes in {time.monotonic() - t0:.1f}s")
         if self._own_workdir and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         elif self._procs:
@@ -489,6 +491,9 @@ class ControlPlane:
                 f"--etcd-servers={etcd_url}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
+                # 1.37 refuses a loopback address in the `kubernetes` Service's endpoints;
+                # nothing in-cluster dials it here (no pods run), so keep none.
+                "--endpoint-reconciler-type=none",
                 f"--secure-port={self._api_port}",
                 f"--cert-dir={self.workdir / 'apiserver'}",
                 f"--tls-cert-file={serving_crt}",
@@ -720,7 +725,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--keep", action="store_true", help="keep the temp dir (logs) on exit")
     args = parser.parse_args(argv)
 
-    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops it like Ctrl-C does
+    # Ctrl-C and SIGTERM stop it; SIGINT is set explicitly because a shell starting us in
+    # the background (`... up &`) makes us inherit it as ignored.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     cp = ControlPlane(
         args.bin_dir, workdir=args.workdir, crds_dir=args.crds, keep_workdir=args.keep
     )
