@@ -42,7 +42,7 @@ REPO_ROOT = HERE.parents[1]
 STAGES_DIR = HERE / "stages"
 VERSIONS_FILE = HERE / "versions.env"
 BUILD_SCRIPT = HERE / "build.sh"
-# Binaries the control plane runs (build.sh also builds kubectl's sibling, helm).
+# Binaries the control plane runs (build.sh also builds helm, which it does not need).
 REQUIRED_BINARIES = (
     "etcd",
     "kube-apiserver",
@@ -425,7 +425,11 @@ class ControlPlane:
             except (OSError, http.client.HTTPException, ssl.SSLError, ValueError) as e:
                 last_error = e
             time.sleep(0.2)
-        log = f"\nlast lines of {proc.log}:\n{_tail(proc.log)}" if proc else ""
+        # Without a known culprit, show a bit of every log.
+        shown = [proc] if proc else self._procs
+        log = "".join(
+            f"\nlast lines of {p.log}:\n{_tail(p.log, 40 if proc else 10)}" for p in shown
+        )
         raise ControlPlaneError(
             f"timed out after {self.timeout:.0f}s waiting for {what} "
             f"(last error: {last_error!r}){log}"
