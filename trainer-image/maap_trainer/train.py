@@ -135,6 +135,9 @@ def _progress_callback(output_dir: Path) -> Any:
             self.started = time.monotonic()
             self.loss: float | None = None
 
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any):
+            self.started = time.monotonic()
+
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any):
             if logs and "loss" in logs:
                 self.loss = float(logs["loss"])
