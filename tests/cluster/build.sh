@@ -154,7 +154,7 @@ if (( need_k8s )); then
   # One go build for all four shares the compile of their common packages.
   tmpbin="$d/bin"
   mkdir -p "$tmpbin"
-  log "[kubernetes] compiling (the slow part: tens of minutes on 2 cores from scratch)"
+  log "[kubernetes] compiling (the slow part: ~15 min on 2 cores with cold Go caches)"
   (cd "$d" && go_ build -p 2 -ldflags "$ldflags" -o "$tmpbin/" "${pkgs[@]}")
   for b in "${k8s_bins[@]}"; do mv -f "$tmpbin/$b" "$bin/$b"; done
   log "[kubernetes] done"
