@@ -30,7 +30,9 @@ SINGULAR = "finetunejob"
 SHORT_NAMES = ["ftj"]
 API_VERSION = f"{GROUP}/{VERSION}"
 
-Phase = Literal["Pending", "Training", "Exporting", "Serving", "Succeeded", "Failed"]
+Phase = Literal[
+    "Pending", "Suspended", "Training", "Exporting", "Serving", "Succeeded", "Failed"
+]
 Quantity = int | str
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -52,10 +54,32 @@ class ResourcesSpec(CamelModel):
     )
 
 
+class StorageSpec(CamelModel):
+    """Where artifacts (checkpoints, merged model, ONNX export) live in the cluster."""
+
+    size: str = Field(default="20Gi", pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?)?$")
+    storage_class_name: str | None = Field(
+        default=None, description="StorageClass of the per-job claim (cluster default if unset)."
+    )
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = Field(
+        default="ReadWriteOnce",
+        description="ReadWriteMany lets training, export and serving pods run on any node.",
+    )
+    existing_claim: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        description="Use this PersistentVolumeClaim instead of creating one per job.",
+    )
+
+
 class PlacementSpec(CamelModel):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     affinity: dict[str, Any] = Field(default_factory=dict)
+    pod_annotations: dict[str, str] = Field(
+        default_factory=dict, description="Added to every pod maap creates for this job."
+    )
+    pod_labels: dict[str, str] = Field(default_factory=dict)
 
 
 class FineTuneJobSpec(CamelModel):
@@ -68,6 +92,20 @@ class FineTuneJobSpec(CamelModel):
     serving: ServingSpec = Field(default_factory=ServingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    suspend: bool = Field(default=False, description="Pause training (the Job is suspended).")
+    backoff_limit: int = Field(
+        default=2, ge=0, le=20, description="Retries of a failed training pod before Failed."
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail training that runs longer than this."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        description="Delete the FineTuneJob (and its children) this long after it Succeeded "
+        "or Failed. Serving jobs are never deleted.",
+    )
 
     def trainer_config(self, job_name: str, output_dir: str) -> TrainerConfig:
         """The data-plane view of this spec, as handed to every stage."""

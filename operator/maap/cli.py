@@ -113,6 +113,37 @@ def serve_command(
     os.execv(sys.executable, argv)
 
 
+@app.command()
+def operator(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option("--namespace", "-n", help="Watch only these namespaces (repeatable)."),
+    ] = None,
+    liveness_port: Annotated[int, typer.Option(help="Port of /healthz (0: off).")] = 8080,
+    metrics_port: Annotated[int, typer.Option(help="Port of Prometheus /metrics (0: off).")] = 9090,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the FineTuneJob operator against the current kubeconfig or in-cluster config."""
+    import asyncio
+    import logging
+
+    import kopf
+
+    os.environ.setdefault("MAAP_METRICS_PORT", str(metrics_port))
+    import maap.handlers  # noqa: F401  (registers the handlers)
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
+    liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not namespace,
+            namespaces=namespace or [],
+            liveness_endpoint=liveness,
+            standalone=True,
+        )
+    )
+
+
 def main() -> None:
     app()
 

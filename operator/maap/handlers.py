@@ -1,0 +1,213 @@
+"""Kopf handlers: thin. Read the FineTuneJob and its children, decide, apply, write status.
+
+Creation, resume after an operator restart, spec updates and a periodic timer all run
+the same level-based `reconcile`, so whatever woke it up, the result is the same and
+nothing is created twice (creation is get-or-create; 409 Conflict is success).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from maap import builders, metrics
+from maap.api import GROUP, PLURAL, VERSION, FineTuneJob
+from maap.builders import OUTPUT_DIR, Names, OperatorSettings
+from maap.kube import Kube, load_config
+from maap.manifest import format_validation_error
+from maap.pipeline import (
+    ConditionUpdate,
+    DeploymentState,
+    JobState,
+    Observed,
+    decide,
+    merge_conditions,
+    now,
+)
+
+log = logging.getLogger("maap.operator")
+
+RECONCILE_INTERVAL = float(os.environ.get("MAAP_RECONCILE_INTERVAL", "10"))
+SETTINGS = OperatorSettings(
+    trainer_image=os.environ.get("MAAP_TRAINER_IMAGE", OperatorSettings.trainer_image),
+    image_pull_policy=os.environ.get("MAAP_IMAGE_PULL_POLICY", OperatorSettings.image_pull_policy),
+    service_account=os.environ.get("MAAP_WORKLOAD_SERVICE_ACCOUNT") or None,
+)
+TERMINAL = {"Succeeded", "Failed"}
+_kube: Kube | None = None
+
+
+def kube() -> Kube:
+    global _kube
+    if _kube is None:
+        load_config()
+        _kube = Kube()
+    return _kube
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Keep kopf's bookkeeping under our own prefix, out of `status`.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="maap.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="maap.dev", key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = "maap.dev/finalizer"
+    settings.posting.level = logging.INFO
+    settings.execution.max_workers = int(os.environ.get("MAAP_MAX_WORKERS", "20"))
+    kube()
+    metrics.start_server(int(os.environ.get("MAAP_METRICS_PORT", "9090")))
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def on_change(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    reconcile(body, patch)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, sharp=False)
+def on_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    reconcile(body, patch)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def on_delete(body: kopf.Body, **_: Any) -> None:
+    # Children go with the FineTuneJob through ownerReferences; only our gauges remain.
+    metrics.forget(body["metadata"].get("namespace", ""), body["metadata"]["name"])
+
+
+def reconcile(body: kopf.Body, patch: kopf.Patch) -> None:
+    started = time.monotonic()
+    try:
+        _reconcile(body, patch)
+    except Exception:
+        metrics.RECONCILE_ERRORS.inc()
+        raise
+    finally:
+        metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+
+def _reconcile(body: kopf.Body, patch: kopf.Patch) -> None:
+    meta = body["metadata"]
+    namespace, uid = meta["namespace"], meta["uid"]
+    generation = meta.get("generation")
+    old_status: dict[str, Any] = dict(body.get("status") or {})
+    try:
+        job = FineTuneJob.model_validate(
+            {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+        )
+    except ValidationError as exc:
+        # What the CRD schema cannot check (e.g. cross-field rules): report, do not retry.
+        message = format_validation_error(exc)
+        _write_status(body, patch, old_status, "Failed", [
+            _condition("Validated", "False", "InvalidSpec", message),
+            _condition("Failed", "True", "InvalidSpec", message),
+        ], generation)  # fmt: skip
+        return
+
+    k = kube()
+    names = Names(job.metadata.name)
+    k.ensure(namespace, builders.build_config_map(job, uid))
+    k.ensure(namespace, builders.build_pvc(job, uid))
+    k.ensure(namespace, builders.build_headless_service(job, uid))
+
+    seen = observe(k, namespace, names)
+    decision = decide(job, seen)
+    for stage in decision.create:
+        if stage == "train":
+            k.ensure(namespace, builders.build_training_job(job, uid, SETTINGS))
+        elif stage == "export":
+            k.ensure(namespace, builders.build_export_job(job, uid, SETTINGS))
+        elif stage == "serving":
+            k.ensure(namespace, builders.build_serving_deployment(job, uid, SETTINGS))
+            k.ensure(namespace, builders.build_serving_service(job, uid))
+
+    # Spec changes that act on existing children.
+    if seen.train and not seen.train.succeeded and seen.train.suspended != job.spec.suspend:
+        k.patch_job_suspend(namespace, names.train, job.spec.suspend)
+    if seen.serving and seen.serving.replicas != job.spec.serving.replicas:
+        k.scale_deployment(namespace, names.server, job.spec.serving.replicas)
+
+    extra: dict[str, Any] = {
+        "artifacts": {"location": f"pvc://{builders.claim_name(job)}{OUTPUT_DIR}"},
+    }
+    if decision.phase == "Serving":
+        extra["endpoint"] = builders.service_endpoint(job)
+    conditions = [_condition(c.type, c.status, c.reason, c.message) for c in decision.conditions]
+    _write_status(body, patch, old_status, decision.phase, conditions, generation, extra)
+
+
+def observe(k: Kube, namespace: str, names: Names) -> Observed:
+    def job_state(name: str) -> JobState | None:
+        raw = k.read_job(namespace, name)
+        if raw is None:
+            return None
+        state = JobState.from_job(raw)
+        if state.failed:
+            state = JobState.from_job(raw, k.failure_message(namespace, name))
+        return state
+
+    deployment = k.read_deployment(namespace, names.server)
+    return Observed(
+        train=job_state(names.train),
+        export=job_state(names.export),
+        serving=DeploymentState.from_deployment(deployment) if deployment else None,
+    )
+
+
+def _condition(type_: str, status: str, reason: str, message: str) -> ConditionUpdate:
+    return ConditionUpdate(type_, status, reason, message)  # type: ignore[arg-type]
+
+
+def _write_status(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    old: dict[str, Any],
+    phase: str,
+    updates: list[Any],
+    generation: int | None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    conditions = merge_conditions(list(old.get("conditions") or []), updates, generation)
+    new: dict[str, Any] = {
+        "phase": phase,
+        "observedGeneration": generation,
+        "conditions": conditions,
+        **(extra or {}),
+    }
+    if not old.get("startTime"):
+        new["startTime"] = now()
+    if phase in TERMINAL and not old.get("completionTime"):
+        new["completionTime"] = now()
+    changed = {key: value for key, value in new.items() if old.get(key) != value}
+    # Rewriting identical conditions would only bump timestamps: compare without them.
+    if _same_conditions(old.get("conditions") or [], conditions):
+        changed.pop("conditions", None)
+    if changed:
+        patch.status.update(changed)
+    meta = body["metadata"]
+    metrics.record_phase(meta["namespace"], meta["name"], phase)
+    if old.get("phase") != phase:
+        failed = next((c for c in conditions if c["type"] == "Failed"), None)
+        if phase == "Failed" and failed:
+            kopf.warn(body, reason=failed["reason"], message=failed["message"])
+        else:
+            kopf.info(body, reason=phase, message=_phase_message(phase, conditions))
+
+
+def _same_conditions(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    def strip(items: list[dict[str, Any]]) -> list[tuple]:
+        return sorted((c["type"], c["status"], c["reason"], c.get("message", "")) for c in items)
+
+    return strip(a) == strip(b)
+
+
+def _phase_message(phase: str, conditions: list[dict[str, Any]]) -> str:
+    latest = max(conditions, key=lambda c: c["lastTransitionTime"], default=None)
+    return f"{phase}: {latest['message']}" if latest else phase

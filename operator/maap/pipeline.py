@@ -1,0 +1,185 @@
+"""The stage pipeline as a pure function: what the children look like -> what to do next.
+
+Pending -> Training -> Exporting -> Serving (or Succeeded when serving is off), Failed
+with a reason. The handler observes the child objects, calls `decide`, creates what it
+says, and writes the status it returns. Level-based: calling it again with the same
+observation gives the same answer, so restarts and repeated timers are harmless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from maap.api import FineTuneJob
+
+Stage = Literal["train", "export", "serving"]
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What matters of a batch/v1 Job."""
+
+    succeeded: bool = False
+    failed: bool = False
+    suspended: bool = False
+    active: int = 0
+    reason: str = ""
+    message: str = ""
+
+    @classmethod
+    def from_job(cls, job: dict[str, Any], failure_message: str = "") -> JobState:
+        status = job.get("status") or {}
+        conditions = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
+        failed = conditions.get("Failed")
+        return cls(
+            succeeded="Complete" in conditions,
+            failed=failed is not None,
+            suspended=bool((job.get("spec") or {}).get("suspend")),
+            active=int(status.get("active") or 0),
+            reason=(failed or {}).get("reason", ""),
+            message=failure_message or (failed or {}).get("message", ""),
+        )
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    replicas: int = 0
+    ready: int = 0
+
+    @classmethod
+    def from_deployment(cls, deployment: dict[str, Any]) -> DeploymentState:
+        status = deployment.get("status") or {}
+        return cls(
+            replicas=int((deployment.get("spec") or {}).get("replicas") or 0),
+            ready=int(status.get("readyReplicas") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class Observed:
+    train: JobState | None = None
+    export: JobState | None = None
+    serving: DeploymentState | None = None
+
+
+@dataclass(frozen=True)
+class ConditionUpdate:
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+
+
+@dataclass
+class Decision:
+    phase: str
+    create: list[Stage] = field(default_factory=list)
+    conditions: list[ConditionUpdate] = field(default_factory=list)
+
+
+def decide(job: FineTuneJob, seen: Observed) -> Decision:
+    spec = job.spec
+    conditions = [ConditionUpdate("Validated", "True", "SpecValid", "the spec is valid")]
+
+    def out(phase: str, *updates: ConditionUpdate, create: list[Stage] | None = None) -> Decision:
+        return Decision(phase, create or [], conditions + list(updates))
+
+    if seen.train is None:
+        return out(
+            "Pending",
+            ConditionUpdate("Training", "False", "Creating", "creating the training Job"),
+            create=["train"],
+        )
+    train = seen.train
+    if train.failed:
+        message = train.message or train.reason or "the training Job failed"
+        return out(
+            "Failed",
+            ConditionUpdate("Training", "False", "Failed", message),
+            ConditionUpdate("Failed", "True", "TrainingFailed", message),
+        )
+    if not train.succeeded:
+        if train.suspended:
+            return out("Suspended", ConditionUpdate("Training", "False", "Suspended", "spec.suspend is true"))
+        if train.active == 0:
+            return out("Pending", ConditionUpdate("Training", "False", "Waiting", "waiting for the training pod"))
+        return out("Training", ConditionUpdate("Training", "True", "Running", "training is running"))
+    trained = [
+        ConditionUpdate("Training", "False", "Completed", "training finished"),
+        ConditionUpdate("Trained", "True", "Completed", "the fine-tuned model is saved"),
+    ]
+    if not spec.export.enabled:
+        return out("Succeeded", *trained)
+    if seen.export is None:
+        return out(
+            "Exporting",
+            *trained,
+            ConditionUpdate("Exported", "False", "Creating", "creating the export Job"),
+            create=["export"],
+        )
+    export = seen.export
+    if export.failed:
+        message = export.message or export.reason or "the export Job failed"
+        return out(
+            "Failed",
+            *trained,
+            ConditionUpdate("Exported", "False", "Failed", message),
+            ConditionUpdate("Failed", "True", "ExportFailed", message),
+        )
+    if not export.succeeded:
+        return out(
+            "Exporting",
+            *trained,
+            ConditionUpdate("Exported", "False", "Running", f"exporting ONNX {spec.export.precision}"),
+        )
+    exported = [
+        *trained,
+        ConditionUpdate("Exported", "True", "Completed", f"ONNX {spec.export.precision} exported"),
+    ]
+    if not spec.serving.enabled:
+        return out("Succeeded", *exported)
+    if seen.serving is None:
+        return out(
+            "Serving",
+            *exported,
+            ConditionUpdate("ServingReady", "False", "Creating", "creating the server"),
+            create=["serving"],
+        )
+    serving = seen.serving
+    if serving.replicas == 0:
+        ready = ConditionUpdate("ServingReady", "False", "ScaledToZero", "serving.replicas is 0")
+    elif serving.ready >= 1:
+        ready = ConditionUpdate(
+            "ServingReady", "True", "Ready", f"{serving.ready}/{serving.replicas} replicas ready"
+        )
+    else:
+        ready = ConditionUpdate(
+            "ServingReady", "False", "Starting", f"0/{serving.replicas} replicas ready"
+        )
+    return out("Serving", *exported, ready)
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_conditions(
+    current: list[dict[str, Any]], updates: list[ConditionUpdate], generation: int | None
+) -> list[dict[str, Any]]:
+    """Apply updates; lastTransitionTime moves only when a condition's status changes."""
+    by_type = {c["type"]: dict(c) for c in current}
+    stamp = now()
+    for update in updates:
+        previous = by_type.get(update.type)
+        changed = previous is None or previous.get("status") != update.status
+        by_type[update.type] = {
+            "type": update.type,
+            "status": update.status,
+            "reason": update.reason,
+            "message": update.message,
+            "lastTransitionTime": stamp if changed else previous["lastTransitionTime"],
+            "observedGeneration": generation,
+        }
+    return list(by_type.values())

@@ -1,0 +1,314 @@
+"""The operator against the real control plane: kwok runs the pods, nothing is mocked.
+
+The operator runs as a real process (`maap operator`) with a 1 s reconcile timer; kwok
+moves the pods of the Jobs and the Deployment through their lifecycle.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from maap.api import GROUP, PLURAL, VERSION
+
+GPU_NODE = "maap-gpu-0"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OperatorProcess:
+    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+        self.kubeconfig, self.log_path = kubeconfig, log_path
+        self.child: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "MAAP_RECONCILE_INTERVAL": "1",
+        }
+        log = self.log_path.open("ab")
+        self.child = subprocess.Popen(
+            [sys.executable, "-m", "maap.cli", "operator",
+             "--liveness-port", str(free_port()), "--metrics-port", str(free_port())],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.child and self.child.poll() is None:
+            self.child.terminate()
+            try:
+                self.child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+                self.child.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture(scope="module")
+def operator_process(control_plane, tmp_path_factory) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(
+        Path(control_plane.kubeconfig), tmp_path_factory.mktemp("operator") / "operator.log"
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 60, op=None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    detail = f"\noperator log:\n{op.log()}" if op else ""
+    pytest.fail(f"timed out after {timeout}s waiting for {what}{detail}")
+
+
+def make_volume(core: client.CoreV1Api, storage_class: str) -> None:
+    """A PersistentVolume the per-job claim can bind (the test cluster has no provisioner)."""
+    core.create_persistent_volume(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"pv-{uuid.uuid4().hex[:8]}"},
+            "spec": {
+                "capacity": {"storage": "5Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": storage_class,
+                "hostPath": {"path": "/tmp/maap-test"},
+            },
+        }
+    )
+
+
+def finetunejob(name: str, storage_class: str, **spec: Any) -> dict[str, Any]:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"preset": "smollm2-135m-instruct"},
+            "dataset": {"path": "data/train.jsonl"},
+            "storage": {"size": "1Gi", "storageClassName": storage_class},
+            "backoffLimit": 0,
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+class Cluster:
+    def __init__(self, api_client: client.ApiClient, namespace: str, op: OperatorProcess):
+        self.api, self.namespace, self.op = api_client, namespace, op
+        self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        make_volume(self.core, body["spec"]["storage"]["storageClassName"])
+        return self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, body
+        )
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.get(name).get("status") or {}
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
+        return wait_until(
+            f"{name} to reach {phase} (now {self.status(name).get('phase')})",
+            lambda: (s := self.status(name)).get("phase") == phase and s,
+            timeout,
+            self.op,
+        )
+
+    def read_job(self, name: str) -> client.V1Job | None:
+        try:
+            return self.batch.read_namespaced_job(name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def events(self, name: str) -> list[tuple[str, str]]:
+        items = self.core.list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={name}"
+        ).items
+        return [(e.type, e.reason) for e in items]
+
+
+@pytest.fixture
+def cluster(api_client, namespace, operator_process) -> Cluster:
+    return Cluster(api_client, namespace, operator_process)
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def test_pipeline_reaches_serving(cluster: Cluster) -> None:
+    created = cluster.create(finetunejob("chat", "sc-serve", serving={"replicas": 1}))
+    uid = created["metadata"]["uid"]
+    status = cluster.wait_phase("chat", "Serving", timeout=120)
+    status = wait_until(
+        "ServingReady", lambda: (s := cluster.status("chat")) and
+        condition(s, "ServingReady")["status"] == "True" and s, 60, cluster.op,
+    )  # fmt: skip
+    for type_ in ("Validated", "Trained", "Exported", "ServingReady"):
+        cond = condition(status, type_)
+        assert cond["status"] == "True", cond
+        assert cond["reason"] and cond["lastTransitionTime"]
+        assert cond["observedGeneration"] == created["metadata"]["generation"]
+    assert status["endpoint"] == f"http://chat-server.{cluster.namespace}.svc:8000/v1"
+    assert status["observedGeneration"] == created["metadata"]["generation"]
+    assert status["artifacts"]["location"] == "pvc://chat-artifacts/workspace/output"
+
+    children = [
+        cluster.core.read_namespaced_config_map("chat-config", cluster.namespace),
+        cluster.core.read_namespaced_persistent_volume_claim("chat-artifacts", cluster.namespace),
+        cluster.batch.read_namespaced_job("chat-train", cluster.namespace),
+        cluster.batch.read_namespaced_job("chat-export", cluster.namespace),
+        cluster.apps.read_namespaced_deployment("chat-server", cluster.namespace),
+        cluster.core.read_namespaced_service("chat-server", cluster.namespace),
+    ]
+    for child in children:
+        [owner] = child.metadata.owner_references
+        assert (owner.kind, owner.name, owner.uid, owner.controller) == (
+            "FineTuneJob", "chat", uid, True
+        )
+        assert child.metadata.labels["app.kubernetes.io/instance"] == "chat"
+        assert child.metadata.labels["app.kubernetes.io/managed-by"] == "maap-operator"
+    reasons = {reason for _, reason in cluster.events("chat")}
+    assert {"Pending", "Exporting", "Serving"} <= reasons, reasons
+
+    # Serving replicas follow the spec.
+    cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, cluster.namespace, PLURAL, "chat", {"spec": {"serving": {"replicas": 2}}}
+    )
+    wait_until(
+        "the Deployment to scale to 2",
+        lambda: cluster.apps.read_namespaced_deployment("chat-server", cluster.namespace)
+        .spec.replicas == 2, 30, cluster.op,
+    )  # fmt: skip
+
+    # Deleting the FineTuneJob garbage-collects every child.
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, "chat")
+    wait_until(
+        "children to be garbage-collected",
+        lambda: cluster.read_job("chat-train") is None and cluster.read_job("chat-export") is None
+        and not cluster.apps.list_namespaced_deployment(cluster.namespace).items,
+        60, cluster.op,
+    )  # fmt: skip
+
+
+def test_serving_disabled_succeeds_and_gpu_training_lands_on_gpu_node(cluster: Cluster) -> None:
+    cluster.create(
+        finetunejob(
+            "gpu", "sc-gpu",
+            serving={"enabled": False},
+            resources={"gpus": 1, "requests": {"cpu": "1", "memory": "1Gi"}},
+            placement={"nodeSelector": {"maap.dev/accelerator": "nvidia"}},
+        )
+    )  # fmt: skip
+    status = cluster.wait_phase("gpu", "Succeeded", timeout=120)
+    assert condition(status, "Exported")["status"] == "True"
+    assert status["completionTime"]
+    pods = cluster.core.list_namespaced_pod(
+        cluster.namespace, label_selector="app.kubernetes.io/component=trainer"
+    ).items
+    assert pods and all(p.spec.node_name == GPU_NODE for p in pods)
+    limits = pods[0].spec.containers[0].resources.limits
+    assert limits["nvidia.com/gpu"] == "1"
+    assert not cluster.apps.list_namespaced_deployment(cluster.namespace).items
+
+
+def test_failed_training_reports_the_reason(cluster: Cluster) -> None:
+    cluster.create(
+        finetunejob("broken", "sc-fail", placement={"podAnnotations": {"maap.dev/kwok-fail": "yes"}})
+    )
+    status = cluster.wait_phase("broken", "Failed", timeout=90)
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "TrainingFailed" and failed["message"]
+    assert ("Warning", "TrainingFailed") in cluster.events("broken")
+    assert cluster.read_job("broken-export") is None, "no export after a failed training"
+
+
+def test_multi_node_training_uses_an_indexed_job(cluster: Cluster) -> None:
+    cluster.create(
+        finetunejob(
+            "multi", "sc-multi",
+            resources={"nodes": 2, "processesPerNode": 2},
+            placement={"podAnnotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "600s"}},
+        )
+    )  # fmt: skip
+    job = wait_until("the training Job", lambda: cluster.read_job("multi-train"), 60, cluster.op)
+    assert job.spec.completion_mode == "Indexed"
+    assert job.spec.completions == 2 and job.spec.parallelism == 2
+    assert job.spec.template.spec.subdomain == "multi-train"
+    env = {e.name: e for e in job.spec.template.spec.containers[0].env}
+    assert env["MASTER_ADDR"].value == f"multi-train-0.multi-train.{cluster.namespace}.svc"
+    assert env["NNODES"].value == "2" and env["NPROC_PER_NODE"].value == "2"
+    assert "job-completion-index" in env["NODE_RANK"].value_from.field_ref.field_path
+    service = cluster.core.read_namespaced_service("multi-train", cluster.namespace)
+    assert service.spec.cluster_ip == "None"
+    assert service.spec.selector["app.kubernetes.io/component"] == "trainer"
+    cluster.wait_phase("multi", "Training", timeout=60)
+
+
+def test_operator_restart_mid_pipeline_finishes_without_duplicates(cluster: Cluster) -> None:
+    cluster.create(
+        finetunejob(
+            "restart", "sc-restart",
+            serving={"enabled": False},
+            placement={"podAnnotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "8s"}},
+        )
+    )  # fmt: skip
+    cluster.wait_phase("restart", "Training", timeout=60)
+    cluster.op.stop()
+    time.sleep(2)
+    cluster.op.start()
+    cluster.wait_phase("restart", "Succeeded", timeout=120)
+    jobs = cluster.batch.list_namespaced_job(cluster.namespace).items
+    assert sorted(j.metadata.name for j in jobs) == ["restart-export", "restart-train"]
+    pods = cluster.core.list_namespaced_pod(
+        cluster.namespace, label_selector="app.kubernetes.io/component=trainer"
+    ).items
+    assert len(pods) == 1
+
+
+def test_api_server_rejects_bad_manifests_with_field_errors(cluster: Cluster) -> None:
+    body = finetunejob("bad", "sc-bad", method={"type": "prefix"}, training={"learningRate": 5})
+    with pytest.raises(ApiException) as err:
+        cluster.custom.create_namespaced_custom_object(
+            GROUP, VERSION, cluster.namespace, PLURAL, body
+        )
+    assert err.value.status == 422
+    assert "spec.method.type" in err.value.body and "spec.training.learningRate" in err.value.body
+    both = finetunejob("both", "sc-bad", model={"preset": "smollm2-135m-instruct", "path": "/m"})
+    with pytest.raises(ApiException) as err:
+        cluster.custom.create_namespaced_custom_object(
+            GROUP, VERSION, cluster.namespace, PLURAL, both
+        )
+    assert "set exactly one of model.preset or model.path" in err.value.body
