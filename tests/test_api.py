@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 import yaml
-
 from maap.api import FineTuneJob
 from maap.manifest import ManifestError, load_manifest, parse_manifest
+
 from tests.conftest import EXAMPLE_MANIFEST
 
 MINIMAL: dict[str, Any] = {
@@ -73,8 +73,10 @@ def test_camel_case_round_trip() -> None:
         (with_spec(dataset={"path": "d.jsonl", "evalFraction": 0.9}), "spec.dataset.evalFraction"),
         (with_spec(serving={"port": 70000}), "spec.serving.port: Input should be less than"),
         ({**MINIMAL, "metadata": {"name": "Bad_Name"}}, "metadata.name: String should match"),
-        ({**MINIMAL, "spec": {"model": {"preset": "smollm2-135m-instruct"}}},
-         "spec.dataset: required field is missing"),
+        (
+            {**MINIMAL, "spec": {"model": {"preset": "smollm2-135m-instruct"}}},
+            "spec.dataset: required field is missing",
+        ),
         ({**MINIMAL, "kind": "Job"}, "kind: Input should be 'FineTuneJob'"),
     ],
 )

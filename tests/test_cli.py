@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from maap.crd import render_crd
+
 from tests.conftest import EXAMPLE_MANIFEST, PIRATE_DATA
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-
 from maap.crd import build_crd, render_crd
+
 from tests.conftest import REPO
 
 CRD_FILE = REPO / "crds" / "finetunejobs.maap.dev.yaml"
@@ -51,7 +51,9 @@ def test_crd_names_columns_and_status() -> None:
     crd = build_crd()
     names = crd["spec"]["names"]
     assert (names["kind"], names["plural"], names["shortNames"]) == (
-        "FineTuneJob", "finetunejobs", ["ftj"],
+        "FineTuneJob",
+        "finetunejobs",
+        ["ftj"],
     )
     version = crd["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from maap_trainer.data import (
     IGNORE_INDEX,
     Example,
@@ -16,12 +15,19 @@ from maap_trainer.data import (
     tokenize_example,
 )
 from maap_trainer.errors import DatasetError
+
 from tests.conftest import PIRATE_DATA
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def decode_where(tokenizer, tok, learned: bool) -> str:
+    """The text of the tokens that carry a label (learned) or are masked out."""
+    pairs = zip(tok.input_ids, tok.labels, strict=True)
+    return tokenizer.decode([t for t, lab in pairs if (lab != IGNORE_INDEX) == learned])
 
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Ahoy"}]}
@@ -50,7 +56,9 @@ def test_formats_are_detected(tmp_path: Path, row: dict, fmt: str) -> None:
 
 
 def test_alpaca_becomes_a_conversation(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "Add", "input": "2+2", "output": "4"}])
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [{"instruction": "Add", "input": "2+2", "output": "4"}]
+    )
     [example], _ = load_examples(path)
     assert example.messages == [
         {"role": "user", "content": "Add\n\n2+2"},
@@ -90,7 +98,7 @@ def test_undetectable_format_and_empty_and_missing(tmp_path: Path) -> None:
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(DatasetError, match="has no rows"):
         load_examples(tmp_path / "empty.jsonl")
-    with pytest.raises(DatasetError, match="dataset.path: .*missing.jsonl: no such file"):
+    with pytest.raises(DatasetError, match=r"dataset\.path: .*missing\.jsonl: no such file"):
         load_examples(tmp_path / "missing.jsonl")
 
 
@@ -111,19 +119,21 @@ def test_chat_loss_covers_only_assistant_turns(tokenizer) -> None:
         {"role": "assistant", "content": "Arr, matey! Six."},
     ]
     tok = tokenize_example(Example(line=1, messages=messages), tokenizer, 512, True)
-    learned = tokenizer.decode([t for t, lab in zip(tok.input_ids, tok.labels) if lab != -100])
-    ignored = tokenizer.decode([t for t, lab in zip(tok.input_ids, tok.labels) if lab == -100])
+    learned = decode_where(tokenizer, tok, learned=True)
+    ignored = decode_where(tokenizer, tok, learned=False)
     assert "Arr, matey! Four." in learned and "Arr, matey! Six." in learned
     assert learned.count("<|im_end|>") == 2, "the model must learn to end its turn"
     assert "What is 2+2?" in ignored and "And 3+3?" in ignored
     assert "What is 2+2?" not in learned and "user" not in learned
     # Labels are the input ids themselves where learned (the model shifts them).
-    assert all(lab in (IGNORE_INDEX, t) for t, lab in zip(tok.input_ids, tok.labels))
+    assert all(lab in (IGNORE_INDEX, t) for t, lab in zip(tok.input_ids, tok.labels, strict=False))
 
 
 def test_full_loss_and_truncation(tokenizer) -> None:
-    example = Example(line=1, messages=[{"role": "user", "content": "hi " * 50},
-                                        {"role": "assistant", "content": "yo"}])
+    example = Example(
+        line=1,
+        messages=[{"role": "user", "content": "hi " * 50}, {"role": "assistant", "content": "yo"}],
+    )
     full = tokenize_example(example, tokenizer, 512, assistant_only=False)
     assert full.labels == full.input_ids and not full.truncated
     short = tokenize_example(example, tokenizer, 16, assistant_only=True)
@@ -132,6 +142,8 @@ def test_full_loss_and_truncation(tokenizer) -> None:
 
 
 def test_prompt_completion_masks_the_prompt(tokenizer) -> None:
-    tok = tokenize_example(Example(line=1, prompt="Q: 2+2\nA:", completion=" 4"), tokenizer, 64, True)
-    learned = tokenizer.decode([t for t, lab in zip(tok.input_ids, tok.labels) if lab != -100])
+    tok = tokenize_example(
+        Example(line=1, prompt="Q: 2+2\nA:", completion=" 4"), tokenizer, 64, True
+    )
+    learned = decode_where(tokenizer, tok, learned=True)
     assert learned == " 4" + tokenizer.eos_token

@@ -50,7 +50,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
         capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    return TrainedRun(work / "out" / doc["metadata"]["name"], done.stdout, time.monotonic() - started)
+    return TrainedRun(
+        work / "out" / doc["metadata"]["name"], done.stdout, time.monotonic() - started
+    )
 
 
 def test_eval_loss_falls(trained: TrainedRun) -> None:
@@ -179,8 +181,11 @@ def test_bad_requests_get_openai_style_errors(server: str) -> None:
         ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 10**6}, 400, "max_tokens"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages.0.role"),
         ({"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}, 404, "model"),
-        ({"messages": [{"role": "user", "content": "word " * 9000}], "max_tokens": 8}, 400,
-         "messages"),
+        (
+            {"messages": [{"role": "user", "content": "word " * 9000}], "max_tokens": 8},
+            400,
+            "messages",
+        ),
     ]
     for body, status, param in cases:
         response = httpx.post(url, json=body, timeout=60)

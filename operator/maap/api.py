@@ -30,9 +30,7 @@ SINGULAR = "finetunejob"
 SHORT_NAMES = ["ftj"]
 API_VERSION = f"{GROUP}/{VERSION}"
 
-Phase = Literal[
-    "Pending", "Suspended", "Training", "Exporting", "Serving", "Succeeded", "Failed"
-]
+Phase = Literal["Pending", "Suspended", "Training", "Exporting", "Serving", "Succeeded", "Failed"]
 Quantity = int | str
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"

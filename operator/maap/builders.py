@@ -21,6 +21,7 @@ OUTPUT_DIR = f"{WORKSPACE}/output"
 MASTER_PORT = 29500
 GPU_RESOURCE = "nvidia.com/gpu"
 JOB_LABEL = "maap.dev/finetunejob"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,14 @@ def _stage_container(
         "name": stage,
         "image": settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-m", "maap_trainer", stage, "--config", f"{CONFIG_MOUNT}/config.json"],
+        "command": [
+            "python",
+            "-m",
+            "maap_trainer",
+            stage,
+            "--config",
+            f"{CONFIG_MOUNT}/config.json",
+        ],
         "env": _common_env() + env,
         "resources": _resources(job, with_gpus),
         "volumeMounts": mounts,
@@ -250,7 +258,7 @@ def build_training_job(job: FineTuneJob, uid: str, settings: OperatorSettings) -
                 "name": "NODE_RANK",
                 "valueFrom": {
                     "fieldRef": {
-                        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+                        "fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"
                     }
                 },
             },
@@ -332,12 +340,19 @@ def build_serving_deployment(
         "image": settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": [
-            "python", "-m", "maap_trainer", "serve",
-            "--model-dir", f"{OUTPUT_DIR}/onnx",
-            "--model-name", job.metadata.name,
-            "--port", str(port),
-            "--max-tokens-limit", str(job.spec.serving.max_tokens_limit),
-        ],  # fmt: skip
+            "python",
+            "-m",
+            "maap_trainer",
+            "serve",
+            "--model-dir",
+            f"{OUTPUT_DIR}/onnx",
+            "--model-name",
+            job.metadata.name,
+            "--port",
+            str(port),
+            "--max-tokens-limit",
+            str(job.spec.serving.max_tokens_limit),
+        ],
         "env": _common_env(),
         "ports": [{"name": "http", "containerPort": port}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},

@@ -96,9 +96,7 @@ def load_manifest(path: Path) -> FineTuneJob:
         raise ManifestError(f"{path}:{where}: invalid YAML: {problem}") from None
     jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "FineTuneJob"]
     if len(jobs) != 1:
-        raise ManifestError(
-            f"{path}: expected exactly one FineTuneJob document, found {len(jobs)}"
-        )
+        raise ManifestError(f"{path}: expected exactly one FineTuneJob document, found {len(jobs)}")
     try:
         return parse_manifest(jobs[0])
     except ManifestError as exc:

@@ -34,7 +34,15 @@ def _refresh() -> None:
     counts: dict[str, int] = {}
     for phase in _phases.values():
         counts[phase] = counts.get(phase, 0) + 1
-    for phase in ("Pending", "Suspended", "Training", "Exporting", "Serving", "Succeeded", "Failed"):
+    for phase in (
+        "Pending",
+        "Suspended",
+        "Training",
+        "Exporting",
+        "Serving",
+        "Succeeded",
+        "Failed",
+    ):
         FINETUNEJOBS.labels(phase=phase).set(counts.get(phase, 0))
 
 

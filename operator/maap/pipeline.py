@@ -31,7 +31,9 @@ class JobState:
     @classmethod
     def from_job(cls, job: dict[str, Any], failure_message: str = "") -> JobState:
         status = job.get("status") or {}
-        conditions = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
+        conditions = {
+            c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"
+        }
         failed = conditions.get("Failed")
         return cls(
             succeeded="Complete" in conditions,
@@ -102,10 +104,18 @@ def decide(job: FineTuneJob, seen: Observed) -> Decision:
         )
     if not train.succeeded:
         if train.suspended:
-            return out("Suspended", ConditionUpdate("Training", "False", "Suspended", "spec.suspend is true"))
+            return out(
+                "Suspended",
+                ConditionUpdate("Training", "False", "Suspended", "spec.suspend is true"),
+            )
         if train.active == 0:
-            return out("Pending", ConditionUpdate("Training", "False", "Waiting", "waiting for the training pod"))
-        return out("Training", ConditionUpdate("Training", "True", "Running", "training is running"))
+            return out(
+                "Pending",
+                ConditionUpdate("Training", "False", "Waiting", "waiting for the training pod"),
+            )
+        return out(
+            "Training", ConditionUpdate("Training", "True", "Running", "training is running")
+        )
     trained = [
         ConditionUpdate("Training", "False", "Completed", "training finished"),
         ConditionUpdate("Trained", "True", "Completed", "the fine-tuned model is saved"),
@@ -132,7 +142,9 @@ def decide(job: FineTuneJob, seen: Observed) -> Decision:
         return out(
             "Exporting",
             *trained,
-            ConditionUpdate("Exported", "False", "Running", f"exporting ONNX {spec.export.precision}"),
+            ConditionUpdate(
+                "Exported", "False", "Running", f"exporting ONNX {spec.export.precision}"
+            ),
         )
     exported = [
         *trained,

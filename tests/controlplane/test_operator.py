@@ -131,7 +131,9 @@ class Cluster:
         )
 
     def get(self, name: str) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        return self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name
+        )
 
     def status(self, name: str) -> dict[str, Any]:
         return self.get(name).get("status") or {}
@@ -196,7 +198,10 @@ def test_pipeline_reaches_serving(cluster: Cluster) -> None:
     for child in children:
         [owner] = child.metadata.owner_references
         assert (owner.kind, owner.name, owner.uid, owner.controller) == (
-            "FineTuneJob", "chat", uid, True
+            "FineTuneJob",
+            "chat",
+            uid,
+            True,
         )
         assert child.metadata.labels["app.kubernetes.io/instance"] == "chat"
         assert child.metadata.labels["app.kubernetes.io/managed-by"] == "maap-operator"
@@ -214,7 +219,9 @@ def test_pipeline_reaches_serving(cluster: Cluster) -> None:
     )  # fmt: skip
 
     # Deleting the FineTuneJob garbage-collects every child.
-    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, "chat")
+    cluster.custom.delete_namespaced_custom_object(
+        GROUP, VERSION, cluster.namespace, PLURAL, "chat"
+    )
     wait_until(
         "children to be garbage-collected",
         lambda: cluster.read_job("chat-train") is None and cluster.read_job("chat-export") is None
@@ -246,7 +253,9 @@ def test_serving_disabled_succeeds_and_gpu_training_lands_on_gpu_node(cluster: C
 
 def test_failed_training_reports_the_reason(cluster: Cluster) -> None:
     cluster.create(
-        finetunejob("broken", "sc-fail", placement={"podAnnotations": {"maap.dev/kwok-fail": "yes"}})
+        finetunejob(
+            "broken", "sc-fail", placement={"podAnnotations": {"maap.dev/kwok-fail": "yes"}}
+        )
     )
     status = cluster.wait_phase("broken", "Failed", timeout=90)
     failed = condition(status, "Failed")

@@ -198,7 +198,9 @@ class LocalRunner:
                 with self.console.status(f"Loading the model into ONNX Runtime at {base}"):
                     while not _ready(f"{base}/readyz"):
                         if child.poll() is not None:
-                            reason = termination.read_text().strip() if termination.is_file() else ""
+                            reason = (
+                                termination.read_text().strip() if termination.is_file() else ""
+                            )
                             raise StageFailed(reason or f"the server exited; see {log_path}")
                         time.sleep(0.3)
                 self._print_serving(base)
@@ -217,10 +219,11 @@ class LocalRunner:
             {"model": self.cfg.job_name,
              "messages": [{"role": "user", "content": "What is the capital of France?"}]}
         )  # fmt: skip
-        self.console.print(f"[bold green]Serving[/] {self.cfg.job_name} at {base}/v1 (Ctrl-C to stop)")
         self.console.print(
-            f"  curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' "
-            f"-d '{body}'",
+            f"[bold green]Serving[/] {self.cfg.job_name} at {base}/v1 (Ctrl-C to stop)"
+        )
+        self.console.print(
+            f"  curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'",
             soft_wrap=True,
         )
 
