@@ -78,3 +78,16 @@ def test_schema_carries_validation_that_the_models_do() -> None:
     assert requests["additionalProperties"] == {"x-kubernetes-int-or-string": True}
     tolerations = spec["properties"]["placement"]["properties"]["tolerations"]
     assert tolerations["items"]["x-kubernetes-preserve-unknown-fields"] is True
+
+
+def test_training_inputs_are_immutable_but_serving_is_not() -> None:
+    spec = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for name in ("model", "dataset", "method", "training", "deepspeed", "export", "storage"):
+        rules = [v["rule"] for v in spec["properties"][name].get("x-kubernetes-validations", [])]
+        assert "self == oldSelf" in rules, name
+    for name in ("serving", "placement", "suspend"):
+        rules = spec["properties"][name].get("x-kubernetes-validations", [])
+        assert all(r["rule"] != "self == oldSelf" for r in rules), name
+    # A field-level rule adds to the model's own rules instead of replacing them.
+    model_rules = [v["rule"] for v in spec["properties"]["model"]["x-kubernetes-validations"]]
+    assert "has(self.preset) != has(self.path)" in model_rules

@@ -80,17 +80,36 @@ class PlacementSpec(CamelModel):
     pod_labels: dict[str, str] = Field(default_factory=dict)
 
 
+def immutable(name: str) -> dict[str, Any]:
+    """A CEL rule: the API server refuses to change this field once the job exists."""
+    return {
+        "x-kubernetes-validations": [
+            {"rule": "self == oldSelf", "message": f"spec.{name} is immutable once created"}
+        ]
+    }
+
+
 class FineTuneJobSpec(CamelModel):
-    model: ModelSource
-    dataset: DatasetSpec
-    method: MethodSpec = Field(default_factory=MethodSpec)
-    training: TrainingSpec = Field(default_factory=TrainingSpec)
-    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
-    export: ExportSpec = Field(default_factory=ExportSpec)
+    # What was trained on, and how, cannot change under a running pipeline; serving,
+    # suspend, deadlines and placement of future pods can.
+    model: ModelSource = Field(json_schema_extra=immutable("model"))
+    dataset: DatasetSpec = Field(json_schema_extra=immutable("dataset"))
+    method: MethodSpec = Field(default_factory=MethodSpec, json_schema_extra=immutable("method"))
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec, json_schema_extra=immutable("training")
+    )
+    deepspeed: DeepSpeedSpec = Field(
+        default_factory=DeepSpeedSpec, json_schema_extra=immutable("deepspeed")
+    )
+    export: ExportSpec = Field(default_factory=ExportSpec, json_schema_extra=immutable("export"))
     serving: ServingSpec = Field(default_factory=ServingSpec)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, json_schema_extra=immutable("resources")
+    )
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
-    storage: StorageSpec = Field(default_factory=StorageSpec)
+    storage: StorageSpec = Field(
+        default_factory=StorageSpec, json_schema_extra=immutable("storage")
+    )
     suspend: bool = Field(default=False, description="Pause training (the Job is suspended).")
     backoff_limit: int = Field(
         default=2, ge=0, le=20, description="Retries of a failed training pod before Failed."

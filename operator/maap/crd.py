@@ -55,14 +55,25 @@ class SchemaError(ValueError):
     """The pydantic schema uses a construct the CRD cannot express."""
 
 
+_VALIDATIONS = "x-kubernetes-validations"
+
+
+def _merge(target: dict[str, Any], siblings: dict[str, Any]) -> dict[str, Any]:
+    """Siblings override the referenced schema, except CEL rules, which add up."""
+    merged = {**target, **siblings}
+    if _VALIDATIONS in target and _VALIDATIONS in siblings:
+        merged[_VALIDATIONS] = target[_VALIDATIONS] + siblings[_VALIDATIONS]
+    return merged
+
+
 def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     """Inline `$ref` and single-element `allOf`, keeping sibling keys (description...)."""
     while True:
         if "$ref" in node:
             target = defs[node["$ref"].rsplit("/", 1)[-1]]
-            node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+            node = _merge(target, {k: v for k, v in node.items() if k != "$ref"})
         elif "allOf" in node and len(node["allOf"]) == 1:
-            node = {**node["allOf"][0], **{k: v for k, v in node.items() if k != "allOf"}}
+            node = _merge(node["allOf"][0], {k: v for k, v in node.items() if k != "allOf"})
         else:
             return node
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -113,6 +114,10 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch) -> None:
 
     k = kube()
     names = Names(job.metadata.name)
+    if _expired(job, old_status):
+        kopf.info(body, reason="Expired", message="ttlSecondsAfterFinished passed; deleting")
+        k.delete_finetunejob(namespace, job.metadata.name)
+        return
     k.ensure(namespace, builders.build_config_map(job, uid))
     k.ensure(namespace, builders.build_pvc(job, uid))
     k.ensure(namespace, builders.build_headless_service(job, uid))
@@ -141,6 +146,15 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch) -> None:
         extra["endpoint"] = builders.service_endpoint(job)
     conditions = [_condition(c.type, c.status, c.reason, c.message) for c in decision.conditions]
     _write_status(body, patch, old_status, decision.phase, conditions, generation, extra)
+
+
+def _expired(job: FineTuneJob, status: dict[str, Any]) -> bool:
+    ttl = job.spec.ttl_seconds_after_finished
+    finished = status.get("completionTime")
+    if ttl is None or status.get("phase") not in TERMINAL or not finished:
+        return False
+    finished_at = datetime.strptime(finished, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return (datetime.now(UTC) - finished_at).total_seconds() >= ttl
 
 
 def observe(k: Kube, namespace: str, names: Names) -> Observed:

@@ -78,6 +78,17 @@ class Kube:
         messages.sort(key=lambda m: m[0] or 0)
         return messages[-1][1].splitlines()[-1][:1000]
 
+    def delete_finetunejob(self, namespace: str, name: str) -> None:
+        from maap.api import GROUP, PLURAL, VERSION
+
+        try:
+            client.CustomObjectsApi(self.api).delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def patch_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
 

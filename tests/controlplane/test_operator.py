@@ -321,3 +321,51 @@ def test_api_server_rejects_bad_manifests_with_field_errors(cluster: Cluster) ->
             GROUP, VERSION, cluster.namespace, PLURAL, both
         )
     assert "set exactly one of model.preset or model.path" in err.value.body
+
+
+def test_training_inputs_are_immutable_and_suspend_pauses(cluster: Cluster) -> None:
+    cluster.create(finetunejob("paused", "sc-suspend", suspend=True))
+    cluster.wait_phase("paused", "Suspended", timeout=60)
+    job = cluster.read_job("paused-train")
+    assert job.spec.suspend is True
+    assert not cluster.core.list_namespaced_pod(cluster.namespace).items
+
+    with pytest.raises(ApiException) as err:
+        cluster.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, cluster.namespace, PLURAL, "paused",
+            {"spec": {"method": {"type": "full"}}},
+        )  # fmt: skip
+    assert err.value.status == 422 and "spec.method is immutable" in err.value.body
+
+    cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, cluster.namespace, PLURAL, "paused", {"spec": {"suspend": False}}
+    )
+    wait_until(
+        "the Job to resume",
+        lambda: cluster.read_job("paused-train").spec.suspend is False, 30, cluster.op,
+    )  # fmt: skip
+    cluster.wait_phase("paused", "Serving", timeout=120)
+
+
+def test_deadline_fails_training_and_ttl_deletes_the_finished_job(cluster: Cluster) -> None:
+    cluster.create(
+        finetunejob(
+            "slow", "sc-deadline",
+            activeDeadlineSeconds=3,
+            ttlSecondsAfterFinished=3,
+            placement={"podAnnotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "600s"}},
+        )
+    )  # fmt: skip
+    status = cluster.wait_phase("slow", "Failed", timeout=60)
+    assert "DeadlineExceeded" in condition(status, "Failed")["message"] or (
+        "deadline" in condition(status, "Failed")["message"].lower()
+    )
+
+    def gone() -> bool:
+        try:
+            cluster.get("slow")
+            return False
+        except ApiException as exc:
+            return exc.status == 404
+
+    wait_until("ttlSecondsAfterFinished to delete the FineTuneJob", gone, 30, cluster.op)
