@@ -7,8 +7,11 @@ Pydantic only, so the control plane can read it without torch.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from pydantic import Field
@@ -16,6 +19,9 @@ from pydantic import Field
 from maap_trainer.config import CamelModel
 
 PROGRESS_FILE = "progress.json"
+PROGRESS_URL_ENV = "MAAP_PROGRESS_URL"
+PROGRESS_TOKEN_ENV = "MAAP_PROGRESS_TOKEN"
+log = logging.getLogger("maap.progress")
 
 
 class ProgressReport(CamelModel):
@@ -40,6 +46,47 @@ def write_progress(directory: Path, report: ProgressReport) -> None:
     tmp = directory / f".{PROGRESS_FILE}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(report.to_json_dict()), encoding="utf-8")
     os.replace(tmp, directory / PROGRESS_FILE)
+    _REPORTER.send(report)
+
+
+class RemoteReporter:
+    """POSTs progress to the operator when it asked for it (MAAP_PROGRESS_URL/TOKEN).
+
+    Best effort by design: a slow or absent operator must never stall training, so
+    each call has a short timeout, failures are only logged, and reports are sent at
+    most every `min_interval` seconds (stage changes always go out).
+    """
+
+    def __init__(self, min_interval: float = 2.0) -> None:
+        self.min_interval = min_interval
+        self._last_sent = 0.0
+        self._last_stage = ""
+
+    def send(self, report: ProgressReport) -> None:
+        url = os.environ.get(PROGRESS_URL_ENV)
+        if not url:
+            return
+        now = time.monotonic()
+        if report.stage == self._last_stage and now - self._last_sent < self.min_interval:
+            return
+        self._last_sent, self._last_stage = now, report.stage
+        request = urllib.request.Request(
+            url,
+            data=json.dumps(report.to_json_dict()).encode(),
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {os.environ.get(PROGRESS_TOKEN_ENV, '')}",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=2):
+                pass
+        except (urllib.error.URLError, OSError) as exc:
+            log.warning("could not report progress to %s: %s", url, exc)
+
+
+_REPORTER = RemoteReporter()
 
 
 def read_progress(directory: Path) -> ProgressReport | None:
