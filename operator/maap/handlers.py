@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,7 @@ from maap.api import GROUP, PLURAL, VERSION, FineTuneJob
 from maap.builders import OUTPUT_DIR, Names, OperatorSettings
 from maap.kube import Kube, load_config
 from maap.manifest import format_validation_error
+from maap.progress_api import start_progress_server
 from maap.pipeline import (
     ConditionUpdate,
     DeploymentState,
@@ -38,6 +40,7 @@ SETTINGS = OperatorSettings(
     trainer_image=os.environ.get("MAAP_TRAINER_IMAGE", OperatorSettings.trainer_image),
     image_pull_policy=os.environ.get("MAAP_IMAGE_PULL_POLICY", OperatorSettings.image_pull_policy),
     service_account=os.environ.get("MAAP_WORKLOAD_SERVICE_ACCOUNT") or None,
+    progress_url=os.environ.get("MAAP_PROGRESS_URL") or None,
 )
 TERMINAL = {"Succeeded", "Failed"}
 _kube: Kube | None = None
@@ -52,7 +55,7 @@ def kube() -> Kube:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Keep kopf's bookkeeping under our own prefix, out of `status`.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="maap.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -61,8 +64,18 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = "maap.dev/finalizer"
     settings.posting.level = logging.INFO
     settings.execution.max_workers = int(os.environ.get("MAAP_MAX_WORKERS", "20"))
-    kube()
+    k = kube()
     metrics.start_server(int(os.environ.get("MAAP_METRICS_PORT", "9090")))
+    progress_port = int(os.environ.get("MAAP_PROGRESS_PORT", "8081"))
+    if progress_port:
+        memo.progress_server = await start_progress_server(k.api, progress_port)
+
+
+@kopf.on.cleanup()
+async def stop_servers(memo: kopf.Memo, **_: Any) -> None:
+    runner = memo.get("progress_server")
+    if runner is not None:
+        await runner.cleanup()
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
@@ -118,14 +131,18 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch) -> None:
         kopf.info(body, reason="Expired", message="ttlSecondsAfterFinished passed; deleting")
         k.delete_finetunejob(namespace, job.metadata.name)
         return
-    k.ensure(namespace, builders.build_config_map(job, uid))
-    k.ensure(namespace, builders.build_pvc(job, uid))
-    k.ensure(namespace, builders.build_headless_service(job, uid))
-
     seen = observe(k, namespace, names)
     decision = decide(job, seen)
     for stage in decision.create:
         if stage == "train":
+            # Everything the training pod mounts or reads exists before its Job does.
+            k.ensure(namespace, builders.build_config_map(job, uid))
+            k.ensure(namespace, builders.build_pvc(job, uid))
+            k.ensure(namespace, builders.build_headless_service(job, uid))
+            if SETTINGS.progress_url:
+                # The token only matters the first time: a later call gets 409, keeps it.
+                token = secrets.token_urlsafe(24)
+                k.ensure(namespace, builders.build_progress_secret(job, uid, token))
             k.ensure(namespace, builders.build_training_job(job, uid, SETTINGS))
         elif stage == "export":
             k.ensure(namespace, builders.build_export_job(job, uid, SETTINGS))

@@ -31,6 +31,7 @@ class Kube:
     def _create_fn(self, kind: str):
         return {
             "ConfigMap": self.core.create_namespaced_config_map,
+            "Secret": self.core.create_namespaced_secret,
             "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
             "Service": self.core.create_namespaced_service,
             "Job": self.batch.create_namespaced_job,

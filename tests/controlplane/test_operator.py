@@ -35,17 +35,23 @@ class OperatorProcess:
     def __init__(self, kubeconfig: Path, log_path: Path) -> None:
         self.kubeconfig, self.log_path = kubeconfig, log_path
         self.child: subprocess.Popen[bytes] | None = None
+        self.progress_port = free_port()
+        self.metrics_port = free_port()
+        self.liveness_port = free_port()
 
     def start(self) -> None:
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "MAAP_RECONCILE_INTERVAL": "1",
+            "MAAP_PROGRESS_PORT": str(self.progress_port),
+            "MAAP_PROGRESS_URL": f"http://127.0.0.1:{self.progress_port}",
         }
         log = self.log_path.open("ab")
         self.child = subprocess.Popen(
             [sys.executable, "-m", "maap.cli", "operator",
-             "--liveness-port", str(free_port()), "--metrics-port", str(free_port())],
+             "--liveness-port", str(self.liveness_port),
+             "--metrics-port", str(self.metrics_port)],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
 
@@ -369,3 +375,65 @@ def test_deadline_fails_training_and_ttl_deletes_the_finished_job(cluster: Clust
             return exc.status == 404
 
     wait_until("ttlSecondsAfterFinished to delete the FineTuneJob", gone, 30, cluster.op)
+
+
+@pytest.mark.slow
+def test_contract_trainer_runs_the_operators_config_and_reports_progress(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The ConfigMap and env the operator created drive the real trainer entrypoint."""
+    import base64
+    import json
+
+    import httpx
+
+    from tests.conftest import PIRATE_DATA
+
+    cluster.create(
+        finetunejob(
+            "contract", "sc-contract",
+            dataset={"path": "data/train.jsonl", "evalFraction": 0.03},
+            training={"maxSteps": 2, "batchSize": 2, "loggingSteps": 1},
+            placement={"podAnnotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "600s"}},
+        )
+    )  # fmt: skip
+    job = wait_until("the training Job", lambda: cluster.read_job("contract-train"), 60, cluster.op)
+    [container] = job.spec.template.spec.containers
+    env = {e.name: e for e in container.env}
+    secret_ref = env["MAAP_PROGRESS_TOKEN"].value_from.secret_key_ref
+    secret = cluster.core.read_namespaced_secret(secret_ref.name, cluster.namespace)
+    token = base64.b64decode(secret.data[secret_ref.key]).decode()
+    url = env["MAAP_PROGRESS_URL"].value
+    assert url.endswith(f"/v1/progress/{cluster.namespace}/contract")
+
+    # This directory plays the pod's volumes: the ConfigMap at /etc/maap, the claim at
+    # /workspace (with the data set a user would have put there).
+    config_map = cluster.core.read_namespaced_config_map("contract-config", cluster.namespace)
+    workspace = tmp_path / "workspace"
+    (workspace / "data").mkdir(parents=True)
+    (workspace / "data" / "train.jsonl").write_text(
+        "\n".join((PIRATE_DATA / "train.jsonl").read_text().splitlines()[:40]) + "\n"
+    )
+    config = config_map.data["config.json"].replace('"/workspace/', f'"{workspace}/')
+    (tmp_path / "config.json").write_text(config)
+    assert json.loads(config)["outputDir"] == f"{workspace}/output"
+    command = container.command[:-1] + [str(tmp_path / "config.json")]
+    assert command[:4] == ["python", "-m", "maap_trainer", "train"]
+
+    bad = httpx.post(url, json={"stage": "training"}, headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401
+
+    done = subprocess.run(
+        [sys.executable, *command[1:]],
+        env={**os.environ, "MAAP_PROGRESS_URL": url, "MAAP_PROGRESS_TOKEN": token},
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (workspace / "output" / "metrics.json").is_file()
+    assert (workspace / "output" / "merged" / "config.json").is_file()
+    progress = wait_until(
+        "status.progress from the trainer",
+        lambda: (p := cluster.status("contract").get("progress")) and p.get("step") == 2 and p,
+        30, cluster.op,
+    )  # fmt: skip
+    assert progress["stage"] in ("trained", "training", "saving")

@@ -12,8 +12,10 @@ exits 1 with the traceback in the log and its last line in the termination messa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -70,13 +72,26 @@ def _run(args: argparse.Namespace) -> None:
 
         print(json.dumps({"model": prepare_base_model(cfg.model)}))
     elif args.stage == "train":
-        from maap_trainer.train import run_training
+        from maap_trainer.distributed import is_worker, rank
+        from maap_trainer.launch import run_train_stage
 
-        print(json.dumps(run_training(cfg)))
+        metrics = run_train_stage(cfg, args.config)
+        if not is_worker() or rank() == 0:
+            print(json.dumps(metrics))
     elif args.stage == "export":
         from maap_trainer.export import run_export
 
         print(json.dumps(run_export(cfg)))
+
+
+def _report_to_launcher(message: str) -> None:
+    """A training worker's user error goes back to the launcher, which exits 2 with it."""
+    from maap_trainer.distributed import WORKER_ERROR_ENV
+
+    target = os.environ.get(WORKER_ERROR_ENV)
+    if target:
+        with contextlib.suppress(OSError):
+            Path(target).write_text(message, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc)
         print(f"error: {message}", file=sys.stderr)
         write_termination_message(message)
+        _report_to_launcher(message)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130

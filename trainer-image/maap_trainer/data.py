@@ -6,13 +6,12 @@ training run, and the error names the file and line.
 
 from __future__ import annotations
 
-import json
 import random
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from maap_trainer.data_files import read_rows
 from maap_trainer.errors import DatasetError
 
 IGNORE_INDEX = -100
@@ -28,6 +27,9 @@ class Example:
     prompt: str | None = None
     completion: str | None = None
     text: str | None = None
+    label: str | None = None
+    tokens: list[str] | None = None
+    tags: list[str] | None = None
 
 
 @dataclass
@@ -54,35 +56,14 @@ class ChatTokenizer(Protocol):
     def __call__(self, text: str, **kwargs: Any) -> Any: ...
 
 
-def read_rows(path: Path) -> Iterable[tuple[int, Any]]:
-    """Yield (line number, parsed row) for JSONL, or (index + 1, row) for a JSON array."""
-    if not path.is_file():
-        raise DatasetError(f"dataset.path: {path}: no such file")
-    if path.suffix == ".json":
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-        if not isinstance(rows, list):
-            raise DatasetError(f"{path}: a .json data set must be an array of rows")
-        yield from enumerate(rows, start=1)
-        return
-    with path.open(encoding="utf-8") as handle:
-        for lineno, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                yield lineno, json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(
-                    f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})"
-                ) from None
-
-
 def detect_format(row: Any) -> str:
     if isinstance(row, dict):
         if "messages" in row:
             return "chat"
+        if "tokens" in row and "tags" in row:
+            return "ner"
+        if "text" in row and "label" in row:
+            return "classification"
         if "instruction" in row and "output" in row:
             return "alpaca"
         if "prompt" in row and "completion" in row:
@@ -91,7 +72,7 @@ def detect_format(row: Any) -> str:
             return "text"
     raise DatasetError(
         "cannot detect the row format; expected `messages`, `instruction`+`output`, "
-        "`prompt`+`completion` or `text`"
+        "`prompt`+`completion`, `text`, `text`+`label` or `tokens`+`tags`"
     )
 
 
@@ -141,14 +122,33 @@ def to_example(row: Any, fmt: str, where: str, line: int) -> Example:
             prompt=_require_str(row, "prompt", where),
             completion=_require_str(row, "completion", where),
         )
+    if fmt == "classification":
+        label = row.get("label")
+        if isinstance(label, bool) or not isinstance(label, str | int) or label == "":
+            raise DatasetError(f"{where}: `label` must be a non-empty string or an integer")
+        return Example(line=line, text=_require_str(row, "text", where), label=str(label))
+    if fmt == "ner":
+        tokens, tags = _str_list(row, "tokens", where), _str_list(row, "tags", where)
+        if len(tokens) != len(tags):
+            raise DatasetError(
+                f"{where}: `tokens` has {len(tokens)} items but `tags` has {len(tags)}; "
+                "give one tag per token"
+            )
+        return Example(line=line, tokens=tokens, tags=tags)
     return Example(line=line, text=_require_str(row, "text", where))
+
+
+def _str_list(row: dict[str, Any], key: str, where: str) -> list[str]:
+    value = row.get(key)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise DatasetError(f"{where}: `{key}` must be a non-empty list of strings")
+    return value
 
 
 def load_examples(path: Path, fmt: str = "auto") -> tuple[list[Example], str]:
     """Read and check every row; the first bad one raises with its file and line."""
     examples: list[Example] = []
-    for lineno, row in read_rows(path):
-        where = f"{path}:{lineno}"
+    for where, lineno, row in read_rows(path):
         if fmt == "auto":
             try:
                 fmt = detect_format(row)
@@ -169,8 +169,7 @@ def split_examples(
     n_eval = 0 if eval_fraction <= 0 else max(1, round(len(examples) * eval_fraction))
     if n_eval >= len(examples):
         raise DatasetError(
-            f"dataset.evalFraction: {eval_fraction} leaves no training rows out of "
-            f"{len(examples)}"
+            f"dataset.evalFraction: {eval_fraction} leaves no training rows out of {len(examples)}"
         )
     eval_idx = set(order[:n_eval])
     train = [e for i, e in enumerate(examples) if i not in eval_idx]
@@ -178,9 +177,18 @@ def split_examples(
     return train, held
 
 
-def load_dataset(path: Path, fmt: str, eval_fraction: float, seed: int) -> DatasetSplits:
+def load_dataset(
+    path: Path, fmt: str, eval_fraction: float, seed: int, eval_path: str | None = None
+) -> DatasetSplits:
     examples, detected = load_examples(path, fmt)
-    train, held = split_examples(examples, eval_fraction, seed)
+    if eval_path is None:
+        train, held = split_examples(examples, eval_fraction, seed)
+    else:
+        held_path = Path(eval_path)
+        held_path = held_path if held_path.is_absolute() else path.parent / held_path
+        held, _ = load_examples(held_path, detected)
+        train = examples
+        examples = train + held
     return DatasetSplits(
         train=train,
         eval=held,

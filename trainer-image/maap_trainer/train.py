@@ -1,8 +1,9 @@
-"""Fine-tune a causal LM with transformers + peft: LoRA, QLoRA, DoRA or full.
+"""Fine-tune with transformers + peft: any method, any task, one process or many.
 
-Writes into the output directory: `adapter/` (PEFT methods), `merged/` (full model with
-tokenizer, what export reads), `metrics.json`, and `progress.json` while it runs.
-Final directories appear atomically (written as `*.partial`, then renamed).
+Runs in every rank (see distributed.py). Rank 0 writes into the output directory:
+`checkpoints/` while it runs, `adapter/` (PEFT methods), `merged/` (the full model with
+tokenizer, what export reads), `metrics.json`, `progress.json` and `ranks/` (what each
+rank saw). Final directories appear atomically (written as `*.partial`, then renamed).
 """
 
 from __future__ import annotations
@@ -10,200 +11,68 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from maap_trainer import distributed
+from maap_trainer.artifacts import save_artifacts
+from maap_trainer.callbacks import (
+    eval_recorder,
+    progress_callback,
+    rank_report,
+    read_rank_reports,
+    write_rank_report,
+)
+from maap_trainer.checkpoints import (
+    CHECKPOINTS_DIR,
+    checkpoint_step,
+    discard_incomplete,
+    marker_callback,
+    newest_complete,
+)
 from maap_trainer.config import TrainerConfig
-from maap_trainer.data import IGNORE_INDEX, DatasetSplits, TokenizedExample, load_dataset
+from maap_trainer.data import load_dataset
+from maap_trainer.deepspeed_config import build_deepspeed_config, zero_stage_of
 from maap_trainer.errors import ConfigError
+from maap_trainer.methods import build_model, count_parameters
 from maap_trainer.model_prep import prepare_base_model
 from maap_trainer.progress import ProgressReport, write_progress
+from maap_trainer.tasks import TaskData, prepare_task
 
 log = logging.getLogger("maap.train")
 
 METRICS_FILE = "metrics.json"
+EVAL_BEFORE_FILE = "eval-before.json"
 
 
-def resolve_dataset_path(cfg: TrainerConfig) -> Path:
-    return Path(cfg.dataset.path)
-
-
-class PaddingCollator:
-    """Dynamic padding to the longest row of the batch (labels padded with -100)."""
-
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
+def resolve_precision(requested: str, on_gpu: bool) -> str:
+    """bf16 where the GPU has it, else fp16; fp32 on CPU (half precision is slow there)."""
+    if requested == "auto":
+        if not on_gpu:
+            return "fp32"
         import torch
 
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            n = len(row["input_ids"])
-            ids[i, :n] = torch.tensor(row["input_ids"])
-            labels[i, :n] = torch.tensor(row["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested != "fp32" and not on_gpu:
+        raise ConfigError(f"training.precision: {requested} needs a GPU; use auto or fp32 on CPU")
+    return requested
 
 
-def tokenize_splits(
-    splits: DatasetSplits, tokenizer: Any, cfg: TrainerConfig
-) -> tuple[list[dict[str, list[int]]], list[dict[str, list[int]]], int]:
-    from maap_trainer.data import tokenize_example
-
-    truncated = 0
-
-    def encode(rows: list) -> list[dict[str, list[int]]]:
-        nonlocal truncated
-        out = []
-        for example in rows:
-            tok: TokenizedExample = tokenize_example(
-                example, tokenizer, cfg.training.max_seq_length, cfg.training.assistant_only_loss
-            )
-            truncated += tok.truncated
-            if any(label != IGNORE_INDEX for label in tok.labels):
-                out.append({"input_ids": tok.input_ids, "labels": tok.labels})
-        return out
-
-    return encode(splits.train), encode(splits.eval), truncated
-
-
-def _device_settings() -> dict[str, Any]:
-    import torch
-
-    if torch.cuda.is_available():
-        bf16 = torch.cuda.is_bf16_supported()
-        return {"use_cpu": False, "bf16": bf16, "fp16": not bf16}
-    return {"use_cpu": True, "bf16": False, "fp16": False}
-
-
-def load_model(cfg: TrainerConfig, base: str) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    method = cfg.method.type
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
-    if torch.cuda.is_available():
-        kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if method == "qlora":
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=kwargs["dtype"],
-        )
-    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
-    if method == "full":
-        return model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    if method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    lora = cfg.method.lora
-    targets: str | list[str] = (
-        "all-linear" if lora.target_modules == ["all-linear"] else lora.target_modules
-    )
-    peft_config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=targets,
-        use_dora=method == "dora",
-        task_type="CAUSAL_LM",
-    )
-    try:
-        return get_peft_model(model, peft_config)
-    except ValueError as exc:
-        raise ConfigError(f"method.lora.targetModules: {exc}") from None
-
-
-def _progress_callback(output_dir: Path) -> Any:
-    from transformers import TrainerCallback
-
-    class ProgressCallback(TrainerCallback):
-        """Mirror the Trainer's state into progress.json for the operator and the CLI."""
-
-        def __init__(self) -> None:
-            self.started = time.monotonic()
-            self.loss: float | None = None
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any):
-            self.started = time.monotonic()
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any):
-            if logs and "loss" in logs:
-                self.loss = float(logs["loss"])
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any):
-            elapsed = max(time.monotonic() - self.started, 1e-6)
-            step, total = state.global_step, state.max_steps
-            tokens = getattr(state, "num_input_tokens_seen", 0) or 0
-            eta = int(elapsed / step * (total - step)) if step else None
-            write_progress(
-                output_dir,
-                ProgressReport(
-                    stage="training",
-                    step=step,
-                    total_steps=total,
-                    loss=self.loss,
-                    tokens_per_second=round(tokens / elapsed, 1) if tokens else None,
-                    eta_seconds=eta,
-                ),
-            )
-
-    return ProgressCallback()
-
-
-def _publish(staging: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(staging, final)
-
-
-def count_parameters(model: Any) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
-
-
-def run_training(cfg: TrainerConfig) -> dict[str, Any]:
-    """Train, evaluate before and after, save adapter + merged model, return the metrics."""
-    if cfg.deepspeed.enabled:
-        raise ConfigError("deepspeed.enabled: DeepSpeed runs are not supported by this trainer yet")
-    output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_progress(output_dir, ProgressReport(stage="loading", message="checking the data set"))
-    splits = load_dataset(
-        resolve_dataset_path(cfg), cfg.dataset.format, cfg.dataset.eval_fraction, cfg.training.seed
-    )
-
-    import torch
-    from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
-
-    set_seed(cfg.training.seed)
-    write_progress(output_dir, ProgressReport(stage="loading", message="loading the base model"))
-    base = prepare_base_model(cfg.model)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    train_rows, eval_rows, truncated = tokenize_splits(splits, tokenizer, cfg)
-    if not train_rows:
-        raise ConfigError("dataset: no training row has a token to learn from after truncation")
-    model = load_model(cfg, base)
-    trainable, total = count_parameters(model)
+def training_arguments(
+    cfg: TrainerConfig,
+    output_dir: Path,
+    precision: str,
+    on_gpu: bool,
+    ds_config: dict[str, Any] | None,
+    configured_state: bool,
+    eval_on_start: bool,
+) -> Any:
+    from transformers import TrainingArguments
 
     hp = cfg.training
-    steps_per_epoch = math.ceil(len(train_rows) / (hp.batch_size * hp.gradient_accumulation_steps))
-    args_kwargs: dict[str, Any] = {
-        "output_dir": str(output_dir / "checkpoints"),
+    kwargs: dict[str, Any] = {
+        "output_dir": str(output_dir / CHECKPOINTS_DIR),
         "per_device_train_batch_size": hp.batch_size,
         "per_device_eval_batch_size": hp.batch_size,
         "gradient_accumulation_steps": hp.gradient_accumulation_steps,
@@ -214,87 +83,229 @@ def run_training(cfg: TrainerConfig) -> dict[str, Any]:
         "warmup_steps": hp.warmup_ratio,
         "weight_decay": hp.weight_decay,
         "logging_steps": hp.logging_steps,
-        "save_strategy": "no",
+        "save_strategy": "steps",
+        "save_steps": hp.checkpoint_steps,
+        "save_total_limit": hp.checkpoints_to_keep,
         "eval_strategy": "no",
+        # Evaluating inside train() runs after DeepSpeed has wrapped the model, which works
+        # for every ZeRO stage (a bare evaluate() first works for ZeRO-3 only).
+        "eval_on_start": eval_on_start,
         "report_to": "none",
         "seed": hp.seed,
         "data_seed": hp.seed,
         "remove_unused_columns": False,
+        "label_names": ["labels"],
         "include_num_input_tokens_seen": "non_padding",
         "disable_tqdm": True,
-        "dataloader_pin_memory": False,
-        **_device_settings(),
-        **hp.extra_args,
+        "dataloader_pin_memory": on_gpu,
+        "use_cpu": not on_gpu,
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
     }
+    if distributed.world_size() > 1:
+        kwargs["ddp_backend"] = "nccl" if on_gpu else "gloo"
+    if ds_config is not None:
+        kwargs["deepspeed"] = ds_config
+    if configured_state:
+        kwargs["accelerator_config"] = {"use_configured_state": True}
+    kwargs.update(hp.extra_args)
     try:
-        args = TrainingArguments(**args_kwargs)
+        return TrainingArguments(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"training.extraArgs: {exc}") from None
+
+
+def _eval_summary(metrics: dict[str, float] | None) -> dict[str, float | None]:
+    metrics = metrics or {}
+    return {
+        "loss": metrics.get("eval_loss"),
+        "accuracy": metrics.get("eval_accuracy"),
+        "f1": metrics.get("eval_f1"),
+    }
+
+
+def run_training(cfg: TrainerConfig) -> dict[str, Any]:
+    """Train, evaluate before and after, save adapter + merged model, return the metrics."""
+    output_dir = Path(cfg.output_dir)
+    main = distributed.rank() == 0
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_progress(output_dir, ProgressReport(stage="loading", message="checking the data"))
+    splits = load_dataset(
+        Path(cfg.dataset.path),
+        cfg.dataset.format,
+        cfg.dataset.eval_fraction,
+        cfg.training.seed,
+        cfg.dataset.eval_path,
+    )
+    if cfg.training.task != "causal-lm" and splits.format not in ("classification", "ner"):
+        raise ConfigError(
+            f"dataset: {cfg.dataset.path} has {splits.format} rows; training.task "
+            f"{cfg.training.task} needs `text`/`label` or `tokens`/`tags` rows"
+        )
+
+    import torch
+    from transformers import AutoTokenizer, Trainer, set_seed
+
+    on_gpu = torch.cuda.is_available()
+    precision = resolve_precision(cfg.training.precision, on_gpu)
+    set_seed(cfg.training.seed)
+    if main:
+        write_progress(output_dir, ProgressReport(stage="loading", message="loading the model"))
+    base = prepare_base_model(cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    data = prepare_task(cfg, splits, tokenizer)
+    if not data.train:
+        raise ConfigError("dataset: no training row has a token to learn from after truncation")
+
+    ckpt_root = output_dir / CHECKPOINTS_DIR
+    resume_from = newest_complete(ckpt_root) if cfg.training.resume else None
+    if main and cfg.training.resume:
+        discard_incomplete(ckpt_root)
+    cached_before = _read_eval_before(ckpt_root) if resume_from else None
+    ds_config = build_deepspeed_config(cfg.deepspeed, on_gpu) if cfg.deepspeed.enabled else None
+    configured = distributed.configure_worker_state(ds_config is not None, on_gpu)
+    # Arguments before the model: under ZeRO-3 the model is then partitioned as it loads.
+    args = training_arguments(
+        cfg,
+        output_dir,
+        precision,
+        on_gpu,
+        ds_config,
+        configured,
+        eval_on_start=bool(data.eval) and cached_before is None,
+    )
+    model = build_model(cfg, base, data.head, precision)
+    trainable, total = count_parameters(model)
+    if main and cfg.method.lora.init == "pissa" and cfg.method.type != "full":
+        _save_initial_adapter(model, ckpt_root)
+
+    recorder = eval_recorder()
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=train_rows,
-        eval_dataset=eval_rows or None,
-        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        train_dataset=data.train,
+        eval_dataset=data.eval or None,
+        data_collator=data.collator,
         processing_class=tokenizer,
-        callbacks=[_progress_callback(output_dir)],
+        compute_metrics=data.compute_metrics,
+        callbacks=[progress_callback(output_dir), marker_callback(), recorder],
     )
-    write_progress(output_dir, ProgressReport(stage="evaluating", message="eval loss before"))
-    before = trainer.evaluate()["eval_loss"] if eval_rows else None
-    started = time.monotonic()
-    result = trainer.train()
-    runtime = time.monotonic() - started
-    write_progress(output_dir, ProgressReport(stage="evaluating", message="eval loss after"))
-    after = trainer.evaluate()["eval_loss"] if eval_rows else None
+    world = int(trainer.args.world_size)
+    if world != distributed.world_size():
+        raise RuntimeError(
+            f"the Trainer sees a world of {world} processes but {distributed.world_size()} "
+            "were started; ranks would not shard"
+        )
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from)
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    runtime = time.monotonic() - (recorder.train_started or time.monotonic())
+    before = cached_before or (recorder.history[0] if recorder.history else None)
+    if main and before is not None and cached_before is None:
+        (ckpt_root / EVAL_BEFORE_FILE).write_text(json.dumps(before), encoding="utf-8")
+    if main:
+        write_progress(output_dir, ProgressReport(stage="evaluating", message="eval after"))
+    after = trainer.evaluate() if data.eval else None
+    write_rank_report(output_dir, rank_report(trainer, distributed.rank(), world))
 
-    write_progress(output_dir, ProgressReport(stage="saving", message="saving the model"))
-    model = trainer.model
-    if cfg.method.type != "full":
-        staging = output_dir / "adapter.partial"
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        _publish(staging, output_dir / "adapter")
-        if cfg.method.type == "qlora":
-            # Merge into the full-precision base, not the 4-bit one.
-            from peft import PeftModel
-            from transformers import AutoModelForCausalLM
-
-            base_model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-            model = PeftModel.from_pretrained(base_model, output_dir / "adapter")
-        model = model.merge_and_unload()
-    model = model.to(torch.float32)
-    staging = output_dir / "merged.partial"
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    _publish(staging, output_dir / "merged")
-
-    tokens_seen = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
-    metrics = {
-        "evalLossBefore": before,
-        "evalLossAfter": after,
-        "trainLoss": float(result.training_loss),
-        "trainRuntimeSeconds": round(runtime, 2),
-        "trainTokens": tokens_seen,
-        "tokensPerSecond": round(tokens_seen / runtime, 1) if runtime > 0 else None,
-        "steps": int(trainer.state.global_step),
-        "stepsPerEpoch": steps_per_epoch,
-        "trainRows": len(train_rows),
-        "evalRows": len(eval_rows),
-        "truncatedRows": truncated,
-        "datasetFormat": splits.format,
-        "trainableParameters": trainable,
-        "totalParameters": total,
-        "method": cfg.method.type,
-        "baseModel": base,
+    if main:
+        write_progress(output_dir, ProgressReport(stage="saving", message="saving the model"))
+    save_artifacts(trainer, cfg, base, data.head, tokenizer, output_dir, precision, ds_config)
+    if not main:
+        return {}
+    metrics = _metrics(
+        cfg, trainer, result, data, splits.format, base, runtime, before, after, trainable, total
+    )
+    metrics["resumedFromStep"] = checkpoint_step(resume_from) if resume_from else None
+    metrics["distributed"] = {
+        "worldSize": world,
+        "deepspeed": ds_config is not None,
+        "zeroStage": zero_stage_of(ds_config) if ds_config else None,
+        "backend": "nccl" if on_gpu else "gloo",
+        "precision": precision,
+        "ranks": read_rank_reports(output_dir),
     }
     (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    steps = int(trainer.state.global_step)
     write_progress(
         output_dir,
-        ProgressReport(
-            stage="trained",
-            step=int(trainer.state.global_step),
-            total_steps=int(trainer.state.global_step),
-            loss=float(result.training_loss),
-        ),
+        ProgressReport(stage="trained", step=steps, total_steps=steps, loss=metrics["trainLoss"]),
     )
     return metrics
+
+
+def _metrics(
+    cfg: TrainerConfig,
+    trainer: Any,
+    result: Any,
+    data: TaskData,
+    fmt: str,
+    base: str,
+    runtime: float,
+    before: dict[str, float] | None,
+    after: dict[str, float] | None,
+    trainable: int,
+    total: int,
+) -> dict[str, Any]:
+    hp = cfg.training
+    batch = hp.batch_size * hp.gradient_accumulation_steps * int(trainer.args.world_size)
+    tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+    steps = int(trainer.state.global_step)
+    b, a = _eval_summary(before), _eval_summary(after)
+    metrics: dict[str, Any] = {
+        "task": hp.task,
+        "method": cfg.method.type,
+        "evalLossBefore": b["loss"],
+        "evalLossAfter": a["loss"],
+        "trainLoss": float(result.training_loss),
+        "trainRuntimeSeconds": round(runtime, 2),
+        "secondsPerStep": round(runtime / steps, 3) if steps else None,
+        "trainTokens": tokens,
+        "tokensPerSecond": round(tokens / runtime, 1) if runtime > 0 and tokens else None,
+        "steps": steps,
+        "stepsPerEpoch": math.ceil(len(data.train) / batch),
+        "trainRows": len(data.train),
+        "evalRows": len(data.eval),
+        "datasetFormat": fmt,
+        "trainableParameters": trainable,
+        "totalParameters": total,
+        "baseModel": base,
+        **data.stats,
+    }
+    if hp.task != "causal-lm":
+        metrics.update(
+            {
+                "evalAccuracyBefore": b["accuracy"],
+                "evalAccuracyAfter": a["accuracy"],
+                "evalF1Before": b["f1"],
+                "evalF1After": a["f1"],
+            }
+        )
+    return metrics
+
+
+def _read_eval_before(ckpt_root: Path) -> dict[str, float] | None:
+    try:
+        return json.loads((ckpt_root / EVAL_BEFORE_FILE).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _save_initial_adapter(model: Any, ckpt_root: Path) -> None:
+    """PiSSA moves the principal components out of the base weights into the adapter.
+    Keeping the adapter as initialised lets the final one be converted to a plain LoRA
+    on the untouched base model (see artifacts.py)."""
+    from maap_trainer.artifacts import PISSA_INIT_DIR
+
+    target = ckpt_root / PISSA_INIT_DIR
+    if (target / "adapter_config.json").is_file():
+        return
+    config = model.peft_config["default"]
+    original, config.init_lora_weights = config.init_lora_weights, True
+    try:
+        model.save_pretrained(target)
+    finally:
+        config.init_lora_weights = original

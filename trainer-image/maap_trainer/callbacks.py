@@ -1,0 +1,135 @@
+"""Trainer callbacks: progress for the operator, eval-before capture, per-rank evidence."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from maap_trainer.progress import ProgressReport, write_progress
+
+
+def progress_callback(output_dir: Path) -> Any:
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        """Mirror the Trainer's state into progress.json (rank 0 only).
+
+        Rates and the ETA count only the steps of this process: after a resume, the
+        steps restored from the checkpoint took no time here.
+        """
+
+        def __init__(self) -> None:
+            self.started = time.monotonic()
+            self.first_step = 0
+            self.first_tokens = 0
+            self.loss: float | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.started = time.monotonic()
+            self.first_step = state.global_step
+            self.first_tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.global_step == self.first_step:
+                self.started = time.monotonic()  # the eval on start is not training time
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any):
+            if logs and "loss" in logs:
+                self.loss = float(logs["loss"])
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if not state.is_world_process_zero:
+                return
+            elapsed = max(time.monotonic() - self.started, 1e-6)
+            step, total = state.global_step, state.max_steps
+            done = step - self.first_step
+            tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) - self.first_tokens
+            eta = int(elapsed / done * (total - step)) if done > 0 else None
+            write_progress(
+                output_dir,
+                ProgressReport(
+                    stage="training",
+                    step=step,
+                    total_steps=total,
+                    loss=self.loss,
+                    # Tokens of every rank (the Trainer gathers the count).
+                    tokens_per_second=round(tokens / elapsed, 1) if tokens > 0 else None,
+                    eta_seconds=eta,
+                ),
+            )
+
+    return ProgressCallback()
+
+
+def eval_recorder() -> Any:
+    """Keep the metrics of every evaluation, in order (the first one is eval-on-start)."""
+    from transformers import TrainerCallback
+
+    class EvalRecorder(TrainerCallback):
+        def __init__(self) -> None:
+            self.history: list[dict[str, float]] = []
+            self.train_started: float | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.train_started = time.monotonic()
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw):
+            self.history.append(dict(metrics or {}))
+            self.train_started = time.monotonic()
+
+    return EvalRecorder()
+
+
+def rank_report(trainer: Any, rank: int, world_size: int) -> dict[str, Any]:
+    """What this rank saw: world size, steps, and how much of the model and optimizer
+    state it holds, which is the evidence that ZeRO shards (parameters under ZeRO-3,
+    optimizer state under ZeRO-1/2/3)."""
+    model = trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model
+    local = full = 0
+    partitioned = False
+    for p in model.parameters():
+        if hasattr(p, "ds_tensor"):
+            partitioned = True
+            local += p.ds_tensor.numel()
+            full += p.ds_numel
+        else:
+            local += p.numel()
+            full += p.numel()
+    report = {
+        "rank": rank,
+        "worldSize": world_size,
+        "trainerWorldSize": int(trainer.args.world_size),
+        "acceleratorProcesses": int(trainer.accelerator.num_processes),
+        "steps": int(trainer.state.global_step),
+        "parametersPartitioned": partitioned,
+        "localParameterElements": int(local),
+        "fullParameterElements": int(full),
+    }
+    optimizer_state = _optimizer_partition_elements(trainer)
+    if optimizer_state is not None:
+        report["localOptimizerStateElements"] = optimizer_state
+    return report
+
+
+def _optimizer_partition_elements(trainer: Any) -> int | None:
+    """fp32 master weights this rank's ZeRO optimizer holds (None outside DeepSpeed)."""
+    engine = getattr(trainer, "deepspeed", None)
+    optimizer = getattr(engine, "optimizer", None)
+    for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
+        groups = getattr(optimizer, name, None)
+        if groups:
+            return int(sum(g.numel() for g in groups))
+    return None
+
+
+def write_rank_report(output_dir: Path, report: dict[str, Any]) -> None:
+    folder = output_dir / "ranks"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank-{report['rank']}.json").write_text(json.dumps(report), encoding="utf-8")
+
+
+def read_rank_reports(output_dir: Path) -> list[dict[str, Any]]:
+    folder = output_dir / "ranks"
+    return [json.loads(p.read_text("utf-8")) for p in sorted(folder.glob("rank-*.json"))]
