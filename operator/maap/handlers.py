@@ -22,7 +22,6 @@ from maap.api import GROUP, PLURAL, VERSION, FineTuneJob
 from maap.builders import OUTPUT_DIR, Names, OperatorSettings
 from maap.kube import Kube, load_config
 from maap.manifest import format_validation_error
-from maap.progress_api import start_progress_server
 from maap.pipeline import (
     ConditionUpdate,
     DeploymentState,
@@ -32,6 +31,7 @@ from maap.pipeline import (
     merge_conditions,
     now,
 )
+from maap.progress_api import start_progress_server
 
 log = logging.getLogger("maap.operator")
 

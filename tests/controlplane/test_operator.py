@@ -417,7 +417,7 @@ def test_contract_trainer_runs_the_operators_config_and_reports_progress(
     config = config_map.data["config.json"].replace('"/workspace/', f'"{workspace}/')
     (tmp_path / "config.json").write_text(config)
     assert json.loads(config)["outputDir"] == f"{workspace}/output"
-    command = container.command[:-1] + [str(tmp_path / "config.json")]
+    command = [*container.command[:-1], str(tmp_path / "config.json")]
     assert command[:4] == ["python", "-m", "maap_trainer", "train"]
 
     bad = httpx.post(url, json={"stage": "training"}, headers={"Authorization": "Bearer nope"})

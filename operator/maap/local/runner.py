@@ -246,13 +246,18 @@ class LocalRunner:
         )
         for timing in self.report.timings:
             table.add_row(f"time: {timing.name}", f"{timing.seconds:.1f} s")
-        for name in ("adapter", "merged", "onnx"):
-            path = self.output_dir / name
-            if path.is_dir():
-                table.add_row(name, f"{path} ({human_size(directory_size(path))})")
         if export:
             table.add_row("export", f"{export['precision']} on {export['executionProvider']}")
         self.console.print(table)
+        # Paths go outside the table, unwrapped, so they can be copied whole.
+        for name in ("adapter", "merged", "onnx"):
+            path = self.output_dir / name
+            if path.is_dir():
+                self.console.print(
+                    f"{name:>8}: {path} ({human_size(directory_size(path))})",
+                    soft_wrap=True,
+                    highlight=False,
+                )
 
 
 def _ready(url: str) -> bool:
