@@ -20,6 +20,7 @@ class TaskHead:
     auto_class: str
     peft_task_type: str
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    head_modules: tuple[str, ...] = ()
 
 
 CAUSAL_LM = TaskHead("AutoModelForCausalLM", "CAUSAL_LM")
@@ -69,6 +70,9 @@ def lora_config(cfg: TrainerConfig, head: TaskHead) -> Any:
         init_lora_weights=init,
         loftq_config=LoftQConfig(loftq_bits=4, loftq_iter=1) if lora.init == "loftq" else {},
         task_type=head.peft_task_type,
+        # A classification head is trained in full (peft adds it to modules_to_save); an
+        # adapter on it as well would be refused.
+        exclude_modules=list(head.head_modules) or None,
     )
 
 

@@ -90,6 +90,7 @@ def _head(auto_class: str, peft_type: str, names: list[str]) -> TaskHead:
             # The checkpoint's head (if any) has another shape; a fresh one is expected.
             "ignore_mismatched_sizes": True,
         },
+        head_modules=("classifier", "score"),
     )
 
 
