@@ -99,6 +99,16 @@ def crd() -> None:
     sys.stdout.write(render_crd())
 
 
+@app.command()
+def rbac(
+    namespace: Annotated[str, typer.Option(help="Namespace of the operator.")] = "maap-system",
+) -> None:
+    """Print the operator's least-privilege ServiceAccount, ClusterRole and binding."""
+    from maap.rbac import render_rbac
+
+    sys.stdout.write(render_rbac(namespace))
+
+
 @app.command("serve")
 def serve_command(
     model_dir: Annotated[Path, typer.Argument(help="An exported ONNX model directory.")],

@@ -6,6 +6,8 @@ moves the pods of the Jobs and the Deployment through their lifecycle.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -382,11 +385,6 @@ def test_contract_trainer_runs_the_operators_config_and_reports_progress(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     """The ConfigMap and env the operator created drive the real trainer entrypoint."""
-    import base64
-    import json
-
-    import httpx
-
     from tests.conftest import PIRATE_DATA
 
     cluster.create(
@@ -437,3 +435,90 @@ def test_contract_trainer_runs_the_operators_config_and_reports_progress(
         30, cluster.op,
     )  # fmt: skip
     assert progress["stage"] in ("trained", "training", "saving")
+
+
+def test_operator_works_under_its_least_privilege_rbac(
+    control_plane, api_client, namespace, operator_process, tmp_path: Path
+) -> None:
+    """Run a second operator as a ServiceAccount bound to exactly `maap rbac`'s rules."""
+    import yaml
+    from maap.rbac import render_rbac
+
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    core = client.CoreV1Api(api_client)
+    suffix = uuid.uuid4().hex[:6]
+    name = f"maap-operator-{suffix}"
+    for doc in yaml.safe_load_all(render_rbac(namespace, name)):
+        if doc["kind"] == "ServiceAccount":
+            core.create_namespaced_service_account(namespace, doc)
+        elif doc["kind"] == "ClusterRole":
+            rbac.create_cluster_role(doc)
+        else:
+            rbac.create_cluster_role_binding(doc)
+    token = core.create_namespaced_service_account_token(
+        name, namespace, {"spec": {"expirationSeconds": 3600}}
+    ).status.token
+    admin = yaml.safe_load(Path(control_plane.kubeconfig).read_text())
+    cluster_entry = admin["clusters"][0]
+    kubeconfig = tmp_path / "operator.kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster_entry],
+                "users": [{"name": "operator", "user": {"token": token}}],
+                "contexts": [
+                    {
+                        "name": "op",
+                        "context": {"cluster": cluster_entry["name"], "user": "operator"},
+                    }
+                ],
+                "current-context": "op",
+            }
+        )
+    )
+    # Only this operator may act: the admin one is stopped for the duration.
+    operator_process.stop()
+    op = OperatorProcess(kubeconfig, tmp_path / "rbac-operator.log")
+    op.start()
+    try:
+        cluster = Cluster(api_client, namespace, op)
+        cluster.create(finetunejob("rbac-ok", f"sc-rbac-{suffix}"))
+        cluster.create(
+            finetunejob(
+                "rbac-fail", f"sc-rbacf-{suffix}", ttlSecondsAfterFinished=1,
+                placement={"podAnnotations": {"maap.dev/kwok-fail": "yes"}},
+            )
+        )  # fmt: skip
+        cluster.wait_phase("rbac-ok", "Serving", timeout=120)
+        cluster.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "rbac-ok", {"spec": {"serving": {"replicas": 0}}}
+        )
+        wait_until(
+            "scale to 0",
+            lambda: cluster.apps.read_namespaced_deployment("rbac-ok-server", namespace)
+            .spec.replicas == 0, 30, op,
+        )  # fmt: skip
+
+        def gone() -> bool:
+            try:
+                cluster.get("rbac-fail")
+                return False
+            except ApiException as exc:
+                return exc.status == 404
+
+        wait_until("the failed job to expire", gone, 60, op)
+        secret = core.read_namespaced_secret("rbac-ok-progress", namespace)
+        url = f"http://127.0.0.1:{op.progress_port}/v1/progress/{namespace}/rbac-ok"
+        sent = httpx.post(
+            url,
+            json={"stage": "training", "step": 3, "totalSteps": 10},
+            headers={"Authorization": f"Bearer {base64.b64decode(secret.data['token']).decode()}"},
+        )
+        assert sent.status_code == 204, sent.text
+        assert cluster.status("rbac-ok")["progress"]["percent"] == 30
+        assert "Forbidden" not in op.log() and "403" not in op.log(), op.log()
+    finally:
+        op.stop()
+        operator_process.start()
