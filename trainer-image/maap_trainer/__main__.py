@@ -3,7 +3,9 @@
     python -m maap_trainer prepare-model --config config.json
     python -m maap_trainer train         --config config.json
     python -m maap_trainer export        --config config.json
-    python -m maap_trainer serve         --model-dir DIR [--host H] [--port P]
+    python -m maap_trainer serve         --model-dir DIR [--config config.json] [--port P] ...
+    python -m maap_trainer export-adapter --adapter-dir D --base-checkpoint D --base-onnx D
+                                          --output FILE.onnx_adapter
 
 A user error exits 2 with one line on stderr and in the termination log; anything else
 exits 1 with the traceback in the log and its last line in the termination message.
@@ -24,6 +26,7 @@ from pydantic import ValidationError
 
 from maap_trainer.config import TrainerConfig
 from maap_trainer.errors import ConfigError, UserError, write_termination_message
+from maap_trainer.serve.launch import add_serve_arguments
 
 EXIT_USER_ERROR = 2
 
@@ -45,26 +48,28 @@ def _parser() -> argparse.ArgumentParser:
     for stage in ("prepare-model", "train", "export"):
         p = sub.add_parser(stage)
         p.add_argument("--config", type=Path, required=True)
-    serve = sub.add_parser("serve")
-    serve.add_argument("--model-dir", type=Path, required=True)
-    serve.add_argument("--model-name", default=None)
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--max-tokens-limit", type=int, default=1024)
+    add_serve_arguments(sub.add_parser("serve"))
+    convert = sub.add_parser("export-adapter", help="LoRA adapter -> .onnx_adapter for a base")
+    convert.add_argument("--adapter-dir", type=Path, required=True)
+    convert.add_argument("--base-checkpoint", type=Path, required=True)
+    convert.add_argument("--base-onnx", type=Path, required=True)
+    convert.add_argument("--output", type=Path, required=True)
     return parser
 
 
 def _run(args: argparse.Namespace) -> None:
     if args.stage == "serve":
-        from maap_trainer.serve.server import serve
+        from maap_trainer.serve.launch import run_serve
 
-        serve(
-            args.model_dir,
-            host=args.host,
-            port=args.port,
-            model_name=args.model_name,
-            max_tokens_limit=args.max_tokens_limit,
+        run_serve(args)
+        return
+    if args.stage == "export-adapter":
+        from maap_trainer.export.lora_adapter import convert_adapter
+
+        report = convert_adapter(
+            args.adapter_dir, args.base_checkpoint, args.base_onnx, args.output
         )
+        print(json.dumps(report))
         return
     cfg = _load_config(args.config)
     if args.stage == "prepare-model":

@@ -23,6 +23,7 @@ LoraInit = Literal["default", "gaussian", "pissa", "loftq"]
 TrainPrecision = Literal["auto", "fp32", "bf16", "fp16"]
 Precision = Literal["fp32", "fp16", "int8", "int4"]
 ExecutionProvider = Literal["cpu", "cuda"]
+QuantAlgorithm = Literal["auto", "default", "k_quant", "k_quant_mixed"]
 
 
 class CamelModel(BaseModel):
@@ -389,18 +390,145 @@ SPEC_CEL_RULES: list[dict[str, str]] = [
 ]
 
 
+class ParitySpec(CamelModel):
+    """The gate after export: PyTorch (merged model) against ONNX on the same inputs."""
+
+    enabled: bool = Field(
+        default=True, description="Fail the export when ONNX and PyTorch disagree too much."
+    )
+    prompts: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="User messages decoded greedily by both models (default: 8 built-in "
+        "general questions).",
+    )
+    max_new_tokens: int = Field(
+        default=32, ge=1, le=512, description="Greedy tokens generated per prompt."
+    )
+    min_token_agreement: float = Field(
+        default=0.7,
+        ge=0.0,
+        le=1.0,
+        description="int8/int4: least fraction of PyTorch's greedy tokens that ONNX also "
+        "predicts (teacher-forced along PyTorch's continuation). fp32 must match token for "
+        "token.",
+    )
+    max_perplexity_increase: float = Field(
+        default=0.25,
+        ge=0.0,
+        description="int8/int4: largest relative perplexity increase on the eval split "
+        "(0.25: at most 25% above PyTorch's).",
+    )
+    eval_rows: int = Field(
+        default=32, ge=1, le=10000, description="Eval-split rows used for the perplexity."
+    )
+
+
 class ExportSpec(CamelModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.precision) || self.precision != 'fp16' "
+                    "|| (has(self.executionProvider) && self.executionProvider == 'cuda')",
+                    "message": "precision fp16 needs executionProvider cuda (the ONNX Runtime "
+                    "GenAI builder builds fp16 for CUDA only)",
+                },
+                {
+                    "rule": "!has(self.quantization) || self.quantization == 'auto' "
+                    "|| (has(self.precision) && (self.precision == 'int4' "
+                    "|| self.precision == 'int8'))",
+                    "message": "quantization applies to precision int4 or int8 only",
+                },
+            ]
+        }
+    )
+
     enabled: bool = True
-    precision: Precision = Field(default="int4", description="ONNX weight precision.")
-    execution_provider: ExecutionProvider = "cpu"
+    precision: Precision = Field(
+        default="int4", description="ONNX weight precision: fp32, fp16 (CUDA only), int8, int4."
+    )
+    execution_provider: ExecutionProvider = Field(
+        default="cpu", description="Where the exported model runs: cpu or cuda."
+    )
+    quantization: QuantAlgorithm = Field(
+        default="auto",
+        description="Weight-only quantization recipe for int4/int8: default (round to "
+        "nearest), k_quant, k_quant_mixed (k_quant with the most sensitive layers and the "
+        "head in int8), or auto (k_quant_mixed for int4, default for int8).",
+    )
+    adapter: bool = Field(
+        default=False,
+        description="Also export the LoRA adapter as an ONNX Runtime adapter file plus a base "
+        "model with LoRA inputs, so one base model can serve several fine-tunes (lora and "
+        "qlora only).",
+    )
+    parity: ParitySpec = Field(default_factory=ParitySpec)
+
+    @model_validator(mode="after")
+    def _valid_combination(self) -> ExportSpec:
+        if self.precision == "fp16" and self.execution_provider != "cuda":
+            raise ValueError(
+                "precision: fp16 needs executionProvider cuda; the ONNX Runtime GenAI builder "
+                "builds fp16 for CUDA only (on cpu use fp32, int8 or int4)"
+            )
+        if self.quantization != "auto" and self.precision not in ("int4", "int8"):
+            raise ValueError(
+                f"quantization: {self.quantization} applies to precision int4 or int8, "
+                f"not {self.precision}"
+            )
+        return self
 
 
 class ServingConfig(CamelModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.authTokenEnv) || !has(self.authTokenFile)",
+                    "message": "set at most one of authTokenEnv or authTokenFile",
+                }
+            ]
+        }
+    )
+
     enabled: bool = True
     port: int = Field(default=8000, ge=1, le=65535)
     max_tokens_limit: int = Field(
         default=1024, ge=1, description="Largest max_tokens a request may ask for."
     )
+    max_batch_size: int = Field(
+        default=8, ge=1, le=256, description="Requests decoded together in one batch."
+    )
+    max_queue: int = Field(
+        default=64,
+        ge=0,
+        le=100000,
+        description="Requests that may wait for a batch slot; beyond that the server answers 429.",
+    )
+    auth_token_env: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Name of an environment variable holding the bearer token clients must "
+        "send (Authorization: Bearer ...).",
+    )
+    auth_token_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="File holding the bearer token clients must send (e.g. a mounted Secret).",
+    )
+    shutdown_grace_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="On SIGTERM, how long running requests may take to finish.",
+    )
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> ServingConfig:
+        if self.auth_token_env is not None and self.auth_token_file is not None:
+            raise ValueError("authTokenFile: set at most one of authTokenEnv or authTokenFile")
+        return self
 
 
 class TrainerConfig(CamelModel):

@@ -7,6 +7,7 @@ runner reads), so the operator and the CLI can show the reason without a traceba
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -32,8 +33,6 @@ def write_termination_message(message: str) -> None:
     path = Path(target) if target else DEFAULT_TERMINATION_LOG
     if not target and not path.parent.exists():
         return
-    try:
-        # Kubernetes keeps at most 4096 bytes of it.
+    # Kubernetes keeps at most 4096 bytes of it.
+    with contextlib.suppress(OSError):
         path.write_text(message[:4000] + "\n", encoding="utf-8")
-    except OSError:
-        pass

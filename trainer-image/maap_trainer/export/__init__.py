@@ -1,93 +1,125 @@
-"""Export the merged model to ONNX with the ONNX Runtime GenAI model builder.
+"""The export stage: merged model -> ONNX (GenAI builder), parity gate, optional LoRA adapter.
 
-The builder writes the graph, weights, `genai_config.json`, tokenizer and chat template:
-everything the server needs. Its (very long) log goes to `export.log`.
+Writes into the output directory, each directory published atomically (built as
+`*.partial`, renamed when complete):
+
+- `onnx/`: the merged model, with tokenizer and chat template: what the server loads;
+- `onnx-base/` + `adapters/<job>.onnx_adapter` (export.adapter): the base model with LoRA
+  slots and this fine-tune as a loadable adapter;
+- `export.json`: precision, provider, sizes, timings, parity figures;
+- `export.log`: the builder's (long) log.
+
+A rejected export (parity gate failed) is kept as `onnx.rejected/` for inspection.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from maap_trainer.config import TrainerConfig
-from maap_trainer.errors import UserError
+from maap_trainer.export.genai_build import (
+    BuildRequest,
+    ExportError,
+    build,
+    file_sizes,
+    keep_tokenizer,
+)
 from maap_trainer.progress import ProgressReport, write_progress
+
+__all__ = ["EXPORT_INFO", "EXPORT_LOG", "ExportError", "run_export"]
+
+log = logging.getLogger("maap.export")
 
 EXPORT_LOG = "export.log"
 EXPORT_INFO = "export.json"
-
-
-class ExportError(UserError):
-    pass
 
 
 def directory_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return ""
+def _publish(staging: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(staging, final)
+
+
+def _progress(output_dir: Path, message: str) -> None:
+    write_progress(output_dir, ProgressReport(stage="exporting", message=message))
+
+
+def _can_run(execution_provider: str) -> bool:
+    """Whether this machine can run a model exported for the provider (for the parity gate)."""
+    if execution_provider == "cpu":
+        return True
+    import onnxruntime_genai as og
+
+    return bool(og.is_cuda_available())
 
 
 def run_export(cfg: TrainerConfig) -> dict[str, Any]:
+    spec = cfg.export
     output_dir = Path(cfg.output_dir)
     merged = output_dir / "merged"
     if not (merged / "config.json").is_file():
         raise ExportError(f"export: no merged model at {merged}; the training stage must run first")
-    final = output_dir / "onnx"
-    staging = output_dir / "onnx.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    cache = output_dir / ".export-cache"
     log_path = output_dir / EXPORT_LOG
-    precision = cfg.export.precision
-    command = [
-        sys.executable,
-        "-m",
-        "onnxruntime_genai.models.builder",
-        "--input",
-        str(merged),
-        "--output",
-        str(staging),
-        "--precision",
-        precision,
-        "--execution_provider",
-        cfg.export.execution_provider,
-        "--cache_dir",
-        str(cache),
-    ]
-    write_progress(output_dir, ProgressReport(stage="exporting", message=f"ONNX {precision}"))
-    started = time.monotonic()
-    with log_path.open("w", encoding="utf-8") as log:
-        log.write(" ".join(command) + "\n")
-        log.flush()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
-    seconds = time.monotonic() - started
-    if done.returncode != 0 or not (staging / "genai_config.json").is_file():
-        raise ExportError(
-            f"export: the ONNX model builder failed (exit {done.returncode}); "
-            f"see {log_path}: {_tail(log_path)}"
-        )
-    shutil.rmtree(cache, ignore_errors=True)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(staging, final)
-    info = {
-        "precision": precision,
-        "executionProvider": cfg.export.execution_provider,
-        "path": str(final),
-        "sizeBytes": directory_size(final),
+    log_path.write_text("", encoding="utf-8")
+    staging = output_dir / "onnx.partial"
+    _progress(output_dir, f"ONNX {spec.precision}")
+    seconds = build(
+        BuildRequest(merged, staging, spec.precision, spec.execution_provider, spec.quantization),
+        log_path,
+    )
+    info: dict[str, Any] = {
+        "precision": spec.precision,
+        "executionProvider": spec.execution_provider,
+        "quantization": spec.quantization,
+        "path": str(output_dir / "onnx"),
         "seconds": round(seconds, 2),
+        "tokenizerFiles": keep_tokenizer(merged, staging),
+        "sizeBytes": directory_size(staging),
+        "files": file_sizes(staging),
     }
-    (output_dir / EXPORT_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    if spec.parity.enabled:
+        if _can_run(spec.execution_provider):
+            _progress(output_dir, "parity gate: PyTorch vs ONNX")
+            from maap_trainer.export.gate import run_gate
+
+            result = run_gate(cfg, merged, staging)
+            info["parity"] = result.to_json()
+            if not result.passed:
+                rejected = output_dir / "onnx.rejected"
+                _publish(staging, rejected)
+                info["path"] = str(rejected)
+                _write_info(output_dir, info)
+                raise ExportError(result.failure or "export.parity: the gate failed")
+        else:
+            info["parity"] = {
+                "passed": None,
+                "skipped": f"this machine cannot run a {spec.execution_provider} model "
+                "(onnxruntime-genai has no CUDA here); run the export on a GPU node to gate it",
+            }
+            log.warning("parity gate skipped: %s", info["parity"]["skipped"])
+    _publish(staging, output_dir / "onnx")
+    if spec.adapter:
+        from maap_trainer.export.adapter_stage import export_adapter
+
+        _progress(output_dir, "LoRA adapter")
+        info["adapter"] = export_adapter(cfg, log_path)
+    _write_info(output_dir, info)
     write_progress(output_dir, ProgressReport(stage="exported", step=1, total_steps=1))
     return info
+
+
+def _write_info(output_dir: Path, info: dict[str, Any]) -> None:
+    info["writtenAt"] = time.time()
+    tmp = output_dir / f".{EXPORT_INFO}.tmp"
+    tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
+    os.replace(tmp, output_dir / EXPORT_INFO)

@@ -1,116 +1,195 @@
 """OpenAI-compatible HTTP server over an exported ONNX model.
 
-Endpoints: /v1/chat/completions (streaming over SSE and not), /v1/models, /healthz
-(process is up) and /readyz (model loaded). Every bad request gets a 4xx with an
-OpenAI-style error body: {"error": {"message", "type", "param", "code"}}.
+Endpoints: /v1/chat/completions and /v1/completions (streaming over SSE and not),
+/v1/models, /healthz (the process is up), /readyz (model loaded, not shutting down) and
+/metrics (Prometheus). Every bad request gets a 4xx with an OpenAI-style error body:
+{"error": {"message", "type", "param", "code"}}. On SIGTERM the server stops taking work,
+reports not-ready, and lets running generations finish (up to the grace period).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from fastapi import FastAPI, Request
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
-from maap_trainer.errors import ConfigError
-from maap_trainer.ports import ensure_port_free
-from maap_trainer.serve.engine import Engine, GenerationResult, SamplingOptions
+from maap_trainer.serve.auth import check_bearer
+from maap_trainer.serve.metrics import ServerMetrics
+from maap_trainer.serve.protocol import (
+    APIError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingRequest,
+    error_body,
+    sse,
+    usage,
+)
+from maap_trainer.serve.runtime import ModelRuntime
+from maap_trainer.serve.scheduler import (
+    Draining,
+    Generation,
+    GenerationFailed,
+    QueueFull,
+    SamplingOptions,
+    Scheduler,
+)
 
 log = logging.getLogger("maap.serve")
 
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant"]
-    content: str
+DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
-class StreamOptions(BaseModel):
-    include_usage: bool = False
+@dataclass
+class ServerSettings:
+    model_dir: Path
+    model_name: str
+    max_tokens_limit: int = 1024
+    max_batch_size: int = 8
+    max_queue: int = 64
+    auth_token: str | None = None
+    adapters: dict[str, Path] = field(default_factory=dict)
+    shutdown_grace_seconds: float = 30.0
 
 
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=50, ge=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    n: int = Field(default=1, ge=1, le=1)
+class ServerState:
+    """The model loads in the background so /healthz answers at once, /readyz once loaded."""
 
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.metrics = ServerMetrics()
+        self.runtime: ModelRuntime | None = None
+        self.scheduler: Scheduler | None = None
+        self.load_error: str | None = None
+        self.draining = False
 
-class APIError(Exception):
-    def __init__(
-        self, status: int, message: str, param: str | None = None, code: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-
-def error_body(message: str, kind: str, param: str | None, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-class ModelHolder:
-    """Loads the engine in the background so /healthz answers at once, /readyz once loaded."""
-
-    def __init__(self, model_dir: Path) -> None:
-        self.model_dir = model_dir
-        self.engine: Engine | None = None
-        self.error: str | None = None
-        self._thread = threading.Thread(target=self._load, name="model-loader", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _load(self) -> None:
+    def load(self) -> None:
+        s = self.settings
         started = time.monotonic()
         try:
-            self.engine = Engine(self.model_dir)
-            log.info("model loaded from %s in %.1fs", self.model_dir, time.monotonic() - started)
+            runtime = ModelRuntime(s.model_dir, s.max_batch_size, s.adapters)
+            scheduler = Scheduler(runtime, s.max_batch_size, s.max_queue)
         except Exception as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
-            log.exception("model failed to load")
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("the model failed to load")
+            return
+        self.metrics.watch(lambda: scheduler.queue_depth, lambda: scheduler.in_flight)
+        self.runtime, self.scheduler = runtime, scheduler
+        self.metrics.ready.set(1)
+        log.info("model loaded from %s in %.1fs", s.model_dir, time.monotonic() - started)
 
-    def require(self) -> Engine:
-        if self.engine is None:
-            raise APIError(503, self.error or "the model is still loading", code="model_loading")
-        return self.engine
+    def require(self) -> tuple[ModelRuntime, Scheduler]:
+        if self.draining:
+            raise APIError(503, "the server is shutting down", code="server_shutting_down")
+        if self.runtime is None or self.scheduler is None:
+            raise APIError(
+                503, self.load_error or "the model is still loading", code="model_loading"
+            )
+        if self.scheduler.broken is not None:
+            raise APIError(500, f"the model runtime failed: {self.scheduler.broken}")
+        return self.runtime, self.scheduler
+
+    def start_draining(self) -> None:
+        if not self.draining:
+            log.info("shutting down: no new requests; running generations finish")
+        self.draining = True
+        self.metrics.ready.set(0)
+
+    def served_names(self) -> list[str]:
+        return [self.settings.model_name, *self.settings.adapters]
+
+    def adapter_for(self, requested: str | None) -> str | None:
+        """The adapter a request's `model` names; None for the model itself."""
+        if requested is None or requested == self.settings.model_name:
+            return None
+        if requested in self.settings.adapters:
+            return requested
+        served = ", ".join(repr(n) for n in self.served_names())
+        raise APIError(
+            404,
+            f"model {requested!r} does not exist; this server serves {served}",
+            param="model",
+            code="model_not_found",
+        )
 
 
-def create_app(model_dir: Path, model_name: str, max_tokens_limit: int = 1024) -> FastAPI:
-    holder = ModelHolder(model_dir)
-    app = FastAPI(title="maap model server", on_startup=[holder.start])
-    app.state.holder = holder
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+
+
+class RequestMetrics:
+    """ASGI middleware: count every API answer by endpoint and status (streams included)."""
+
+    def __init__(self, app: Any, metrics: ServerMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http" or scope["path"] not in ENDPOINTS:
+            await self.app(scope, receive, send)
+            return
+        endpoint = scope["path"]
+
+        async def counting_send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                self.metrics.requests.labels(endpoint, str(status)).inc()
+                if status >= 400:
+                    self.metrics.errors.labels(endpoint, str(status)).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    state = ServerState(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(target=state.load, name="model-loader", daemon=True).start()
+        yield
+        state.start_draining()
+        if state.scheduler is not None:
+            await run_in_threadpool(state.scheduler.drain, settings.shutdown_grace_seconds)
+
+    app = FastAPI(title="maap model server", lifespan=lifespan)
+    app.state.server = state
+    app.add_middleware(RequestMetrics, metrics=state.metrics)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        kind = "invalid_request_error" if exc.status < 500 else "server_error"
-        return JSONResponse(error_body(exc.message, kind, exc.param, exc.code), exc.status)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        body = error_body(exc.message, exc.kind, exc.param, exc.code)
+        return JSONResponse(body, exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
+        if first.get("type") == "json_invalid":
+            message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error')}"
+            return JSONResponse(error_body(message, "invalid_request_error"), 400)
         loc = [str(p) for p in first["loc"] if p != "body"]
+        # A union type adds the branch name (e.g. 'str') to the location: not a field.
+        loc = [p for p in loc if p not in ("str", "list[TextPart]", "list[str]")]
         param = ".".join(loc) or None
-        message = f"{param}: {first['msg']}" if param else first["msg"]
-        return JSONResponse(error_body(message, "invalid_request_error", param, None), 400)
+        detail = str(first["msg"]).removeprefix("Value error, ")
+        message = f"{param}: {detail}" if param else detail
+        return JSONResponse(error_body(message, "invalid_request_error", param), 400)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -118,137 +197,264 @@ def create_app(model_dir: Path, model_name: str, max_tokens_limit: int = 1024) -
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        if holder.engine is not None:
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "loading", "error": holder.error}, 503)
+        if state.draining:
+            return JSONResponse({"status": "draining"}, 503)
+        if state.load_error is not None:
+            return JSONResponse({"status": "failed", "error": state.load_error}, 503)
+        if state.scheduler is None:
+            return JSONResponse({"status": "loading"}, 503)
+        if state.scheduler.broken is not None:
+            return JSONResponse({"status": "failed", "error": state.scheduler.broken}, 503)
+        return JSONResponse({"status": "ready"})
 
-    @app.get("/v1/models")
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(
+            generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+        )
+
+    async def authorized(request: Request) -> None:
+        if settings.auth_token is None:
+            return
+        problem = check_bearer(request.headers.get("authorization"), settings.auth_token)
+        if problem is not None:
+            raise APIError(401, problem, code="invalid_api_key")
+
+    api = APIRouter(prefix="/v1", dependencies=[Depends(authorized)])
+
+    @api.get("/models")
     async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "maap"}],
-        }
+        data = [{"id": settings.model_name, "object": "model", "created": 0, "owned_by": "maap"}]
+        data += [
+            {"id": name, "object": "model", "created": 0, "owned_by": "maap",
+             "parent": settings.model_name}
+            for name in settings.adapters
+        ]  # fmt: skip
+        return {"object": "list", "data": data}
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @api.post("/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
-        engine = holder.require()
-        if body.model is not None and body.model != model_name:
-            raise APIError(
-                404, f"model {body.model!r} does not exist; this server serves {model_name!r}",
-                param="model", code="model_not_found",
-            )
-        options = _sampling(body, max_tokens_limit)
-        prompt = engine.render_chat([m.model_dump() for m in body.messages])
-        prompt_tokens = await run_in_threadpool(engine.count_tokens, prompt)
-        if prompt_tokens + options.max_tokens > engine.context_length:
-            raise APIError(
-                400,
-                f"this model's context is {engine.context_length} tokens; the messages take "
-                f"{prompt_tokens} and max_tokens asks for {options.max_tokens}",
-                param="messages", code="context_length_exceeded",
-            )
-        request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
-        result = GenerationResult(prompt_tokens=prompt_tokens)
+        runtime, scheduler = state.require()
+        adapter = state.adapter_for(body.model)
+        messages = [m.as_template_message() for m in body.messages]
+        try:
+            prompt = runtime.render_chat(messages)
+        except Exception as exc:
+            message = f"messages: the chat template rejects them: {exc}"
+            raise APIError(400, message, "messages") from None
+        ids = await run_in_threadpool(runtime.encode, prompt)
+        options = sampling_options(
+            body, body.requested_max_tokens, len(ids), runtime.context_length,
+            settings.max_tokens_limit, "messages",
+        )  # fmt: skip
+        generation = submit(scheduler, ids, options, adapter)
+        reply = Reply("chat.completion", body.model or settings.model_name)
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _stream_chat(
-                engine, prompt, options, result, request_id, created, model_name, include_usage
-            )
-            return StreamingResponse(events, media_type="text/event-stream")
-        text = await run_in_threadpool(lambda: "".join(engine.generate(prompt, options, result)))
-        return JSONResponse(
-            {
-                "id": request_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": model_name,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": result.finish_reason,
-                    }
-                ],
-                "usage": _usage(result),
-            }
+            chunks = reply.chat_chunks(generation, body.include_usage)
+            return stream(chunks, scheduler, generation, "/v1/chat/completions")
+        text = await finish(generation, state.metrics)
+        return JSONResponse(reply.chat(text, generation))
+
+    @api.post("/completions", response_model=None)
+    async def completions(body: CompletionRequest) -> JSONResponse | StreamingResponse:
+        runtime, scheduler = state.require()
+        adapter = state.adapter_for(body.model)
+        ids = await run_in_threadpool(runtime.encode, body.text)
+        if not ids:
+            raise APIError(400, "prompt: encodes to no token", "prompt")
+        options = sampling_options(
+            body, body.max_tokens or DEFAULT_COMPLETION_TOKENS, len(ids),
+            runtime.context_length, settings.max_tokens_limit, "prompt",
+        )  # fmt: skip
+        generation = submit(scheduler, ids, options, adapter)
+        reply = Reply("text_completion", body.model or settings.model_name)
+        if body.stream:
+            chunks = reply.completion_chunks(generation, body.include_usage)
+            return stream(chunks, scheduler, generation, "/v1/completions")
+        text = await finish(generation, state.metrics)
+        return JSONResponse(reply.completion(text, generation))
+
+    app.include_router(api)
+
+    def stream(
+        chunks: AsyncIterator[str], scheduler: Scheduler, generation: Generation, endpoint: str
+    ) -> StreamingResponse:
+        async def events() -> AsyncIterator[str]:
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            finally:
+                if generation.finished_at is None:
+                    scheduler.cancel(generation)  # the client went away
+                elif generation.error is not None:
+                    state.metrics.errors.labels(endpoint, "stream_failed").inc()
+                else:
+                    state.metrics.observe(generation)
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     return app
 
 
-def _sampling(body: ChatCompletionRequest, limit: int) -> SamplingOptions:
-    max_tokens = body.max_completion_tokens or body.max_tokens or min(256, limit)
-    if max_tokens > limit:
+def sampling_options(
+    body: SamplingRequest,
+    requested: int | None,
+    prompt_tokens: int,
+    context_length: int,
+    limit: int,
+    prompt_param: str,
+) -> SamplingOptions:
+    if requested is not None and requested > limit:
         raise APIError(
-            400, f"max_tokens: {max_tokens} is above this server's limit of {limit}",
-            param="max_tokens", code="max_tokens_too_large",
+            400,
+            f"max_tokens: {requested} is above this server's limit of {limit}",
+            param="max_tokens",
+            code="max_tokens_too_large",
         )
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if len(stop) > 4:
-        raise APIError(400, "stop: at most 4 stop sequences", param="stop")
+    room = context_length - prompt_tokens
+    max_tokens = requested if requested is not None else min(limit, room)
+    if max_tokens > room or room <= 0:
+        raise APIError(
+            400,
+            f"{prompt_param}: this model's context is {context_length} tokens; the "
+            f"{prompt_param} take {prompt_tokens} and max_tokens asks for {max_tokens}",
+            param=prompt_param,
+            code="context_length_exceeded",
+        )
     return SamplingOptions(
         max_tokens=max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
         top_k=body.top_k,
         seed=body.seed,
-        stop=stop,
+        stop=body.stop_sequences,
     )
 
 
-def _usage(result: GenerationResult) -> dict[str, int]:
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.prompt_tokens + result.completion_tokens,
-    }
+def submit(
+    scheduler: Scheduler, ids: list[int], options: SamplingOptions, adapter: str | None
+) -> Generation:
+    generation = Generation(ids, options, adapter)
+    try:
+        scheduler.submit(generation)
+    except QueueFull:
+        raise APIError(
+            429,
+            f"the server is at capacity ({scheduler.capacity} requests running or queued); "
+            "retry shortly",
+            code="queue_full",
+            kind="rate_limit_error",
+        ) from None
+    except Draining:
+        raise APIError(503, "the server is shutting down", code="server_shutting_down") from None
+    except GenerationFailed as exc:
+        raise APIError(500, f"the model runtime failed: {exc}") from None
+    return generation
 
 
-async def _stream_chat(
-    engine: Engine,
-    prompt: str,
-    options: SamplingOptions,
-    result: GenerationResult,
-    request_id: str,
-    created: int,
-    model_name: str,
-    include_usage: bool,
-) -> AsyncIterator[str]:
-    def chunk(delta: dict[str, str], finish: str | None, usage: Any = None) -> str:
-        payload: dict[str, Any] = {
-            "id": request_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model_name,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if delta is not None
-            else [],
+async def finish(generation: Generation, metrics: ServerMetrics) -> str:
+    try:
+        text = await generation.text()
+    except GenerationFailed as exc:
+        raise APIError(500, f"generation failed: {exc}", code="generation_failed") from None
+    metrics.observe(generation)
+    return text
+
+
+class Reply:
+    """Response bodies and SSE chunks for one request."""
+
+    def __init__(self, kind: str, model: str) -> None:
+        prefix = "chatcmpl" if kind == "chat.completion" else "cmpl"
+        self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"
+        self.kind, self.model, self.created = kind, model, int(time.time())
+
+    def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": choices,
         }
-        if usage is not None:
-            payload["usage"] = usage
-        return f"data: {json.dumps(payload)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""}, None)
-    async for piece in iterate_in_threadpool(engine.generate(prompt, options, result)):
-        yield chunk({"content": piece}, None)
-    yield chunk({}, result.finish_reason)
-    if include_usage:
-        yield chunk(None, None, _usage(result))  # type: ignore[arg-type]
-    yield "data: [DONE]\n\n"
+    def chat(self, text: str, g: Generation) -> dict[str, Any]:
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": g.finish_reason,
+        }
+        return {**self._envelope("chat.completion", [choice]), "usage": _usage(g)}
+
+    def completion(self, text: str, g: Generation) -> dict[str, Any]:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": g.finish_reason}
+        return {**self._envelope("text_completion", [choice]), "usage": _usage(g)}
+
+    async def chat_chunks(self, g: Generation, include_usage: bool) -> AsyncIterator[str]:
+        def chunk(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return self._envelope("chat.completion.chunk", [choice])
+
+        yield sse(chunk({"role": "assistant", "content": ""}, None))
+        async for event in _pieces_or_error(g):
+            if isinstance(event, dict):
+                yield sse(event)
+                yield sse("[DONE]")
+                return
+            yield sse(chunk({"content": event}, None))
+        yield sse(chunk({}, g.finish_reason))
+        if include_usage:
+            yield sse({**self._envelope("chat.completion.chunk", []), "usage": _usage(g)})
+        yield sse("[DONE]")
+
+    async def completion_chunks(self, g: Generation, include_usage: bool) -> AsyncIterator[str]:
+        def chunk(text: str, finish: str | None) -> dict[str, Any]:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            return self._envelope("text_completion", [choice])
+
+        async for event in _pieces_or_error(g):
+            if isinstance(event, dict):
+                yield sse(event)
+                yield sse("[DONE]")
+                return
+            yield sse(chunk(event, None))
+        yield sse(chunk("", g.finish_reason))
+        if include_usage:
+            yield sse({**self._envelope("text_completion", []), "usage": _usage(g)})
+        yield sse("[DONE]")
 
 
-def serve(
-    model_dir: Path,
-    host: str = "0.0.0.0",
-    port: int = 8000,
-    model_name: str | None = None,
-    max_tokens_limit: int = 1024,
-) -> None:
-    import uvicorn
+async def _pieces_or_error(g: Generation) -> AsyncIterator[str | dict[str, Any]]:
+    """Text pieces; a failure after the 200 went out becomes an SSE error event."""
+    try:
+        async for piece in g.pieces():
+            yield piece
+    except GenerationFailed as exc:
+        yield error_body(f"generation failed: {exc}", "server_error", code="generation_failed")
 
-    if not (model_dir / "genai_config.json").is_file():
-        raise ConfigError(f"--model-dir: {model_dir} has no exported ONNX model (genai_config.json)")
-    ensure_port_free(host, port)
-    app = create_app(model_dir, model_name or model_dir.parent.name, max_tokens_limit)
-    # uvicorn finishes in-flight requests on SIGTERM before it exits.
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+
+def _usage(g: Generation) -> dict[str, int]:
+    return usage(g.prompt_tokens, g.completion_tokens)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling the app the moment SIGTERM/SIGINT arrives.
+
+    The app then reports not-ready and refuses new generations; uvicorn stops accepting
+    connections and waits (up to its graceful timeout) for the running requests, streams
+    included, before the app's own shutdown.
+    """
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)

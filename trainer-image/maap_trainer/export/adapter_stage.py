@@ -1,0 +1,76 @@
+"""export.adapter: the base model with LoRA slots, this fine-tune as an .onnx_adapter.
+
+Checked right away like the merged export: the base export plus the adapter against PyTorch's
+merged model, under the same parity thresholds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from maap_trainer.config import TrainerConfig
+from maap_trainer.export.genai_build import BuildRequest, ExportError, build, keep_tokenizer
+from maap_trainer.export.lora_adapter import (
+    ADAPTER_SUFFIX,
+    BASE_BUILD_OPTIONS,
+    add_lora_slots,
+    read_peft_adapter,
+    slots_for,
+    write_adapter,
+)
+
+BASE_DIR = "onnx-base"
+ADAPTERS_DIR = "adapters"
+
+
+def export_adapter(cfg: TrainerConfig, log_path: Path) -> dict[str, Any]:
+    from maap_trainer.model_prep import prepare_base_model
+
+    output_dir = Path(cfg.output_dir)
+    adapter_dir = output_dir / "adapter"
+    has_adapter = (adapter_dir / "adapter_config.json").is_file()
+    if cfg.method.type not in ("lora", "qlora") or not has_adapter:
+        raise ExportError(
+            f"export.adapter: method {cfg.method.type} leaves no LoRA adapter at {adapter_dir}; "
+            "ONNX adapters come from method lora or qlora, so set export.adapter: false"
+        )
+    base_checkpoint = Path(prepare_base_model(cfg.model))
+    weights = read_peft_adapter(base_checkpoint, adapter_dir)
+    staging = output_dir / f"{BASE_DIR}.partial"
+    seconds = build(
+        BuildRequest(
+            base_checkpoint,
+            staging,
+            cfg.export.precision,
+            cfg.export.execution_provider,
+            cfg.export.quantization,
+            BASE_BUILD_OPTIONS,
+        ),
+        log_path,
+    )
+    keep_tokenizer(base_checkpoint, staging)
+    add_lora_slots(staging, slots_for(weights))
+    final = output_dir / BASE_DIR
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(staging, final)
+    target = output_dir / ADAPTERS_DIR / f"{cfg.job_name}{ADAPTER_SUFFIX}"
+    adapter = write_adapter(weights, final, target)
+    report: dict[str, Any] = {
+        **adapter,
+        "name": cfg.job_name,
+        "baseModel": str(final),
+        "baseSizeBytes": sum(f.stat().st_size for f in final.rglob("*") if f.is_file()),
+        "baseSeconds": round(seconds, 2),
+    }
+    if cfg.export.parity.enabled and cfg.export.execution_provider == "cpu":
+        from maap_trainer.export.gate import run_gate
+
+        result = run_gate(cfg, output_dir / "merged", final, (target, cfg.job_name))
+        report["parity"] = result.to_json()
+        if not result.passed:
+            raise ExportError(result.failure or "export.adapter: the adapter parity gate failed")
+    return report

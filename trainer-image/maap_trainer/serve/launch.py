@@ -1,0 +1,143 @@
+"""`python -m maap_trainer serve`: settings from flags (and the job's config), then uvicorn.
+
+The serving pod and `maap serve DIR` both end up here. Settings come from the job config's
+`serving` section when `--config` is given; flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from maap_trainer.config import ServingConfig
+from maap_trainer.errors import ConfigError
+
+log = logging.getLogger("maap.serve")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the serve stage (kept free of heavy imports: the CLI builds every parser)."""
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--model-name", default=None)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="A job config.json; its serving section gives the defaults.",
+    )
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--max-tokens-limit", type=int, default=None)
+    parser.add_argument("--max-batch-size", type=int, default=None)
+    parser.add_argument("--max-queue", type=int, default=None)
+    parser.add_argument(
+        "--auth-token-env",
+        default=None,
+        help="Environment variable holding the bearer token clients must send.",
+    )
+    parser.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=None,
+        help="File holding the bearer token clients must send.",
+    )
+    parser.add_argument("--shutdown-grace-seconds", type=int, default=None)
+    parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                        help="Serve an .onnx_adapter under NAME as well (repeatable).")  # fmt: skip
+
+
+def serving_config(args: argparse.Namespace) -> ServingConfig:
+    """The job's serving section (or the defaults) with the flags that were given on top."""
+    base = ServingConfig()
+    if args.config is not None:
+        base = _job_serving_config(args.config)
+    overrides: dict[str, Any] = {
+        "port": args.port,
+        "max_tokens_limit": args.max_tokens_limit,
+        "max_batch_size": args.max_batch_size,
+        "max_queue": args.max_queue,
+        "auth_token_env": args.auth_token_env,
+        "auth_token_file": str(args.auth_token_file) if args.auth_token_file else None,
+        "shutdown_grace_seconds": args.shutdown_grace_seconds,
+    }
+    merged = {**base.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+    from pydantic import ValidationError
+
+    try:
+        return ServingConfig.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-")
+        raise ConfigError(f"{where}: {first['msg']}") from None
+
+
+def _job_serving_config(path: Path) -> ServingConfig:
+    from pydantic import ValidationError
+
+    from maap_trainer.config import TrainerConfig
+
+    try:
+        return TrainerConfig.model_validate_json(path.read_text(encoding="utf-8")).serving
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+
+
+def parse_adapters(values: list[str]) -> dict[str, Path]:
+    adapters: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--adapter: expected NAME=PATH, got {value!r}")
+        if name in adapters:
+            raise ConfigError(f"--adapter: the name {name!r} is given twice")
+        adapters[name] = Path(path)
+    return adapters
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from maap_trainer.ports import ensure_port_free
+    from maap_trainer.serve.auth import load_token
+    from maap_trainer.serve.server import DrainingServer, ServerSettings, create_app
+
+    model_dir: Path = args.model_dir
+    if not (model_dir / "genai_config.json").is_file():
+        raise ConfigError(
+            f"--model-dir: {model_dir} has no exported ONNX model (genai_config.json)"
+        )
+    cfg = serving_config(args)
+    adapters = parse_adapters(args.adapter)
+    for name, path in adapters.items():
+        if not path.is_file():
+            raise ConfigError(f"--adapter {name}={path}: no such file")
+    token_file = Path(cfg.auth_token_file) if cfg.auth_token_file else None
+    settings = ServerSettings(
+        model_dir=model_dir,
+        model_name=args.model_name or model_dir.resolve().parent.name,
+        max_tokens_limit=cfg.max_tokens_limit,
+        max_batch_size=cfg.max_batch_size,
+        max_queue=cfg.max_queue,
+        auth_token=load_token(cfg.auth_token_env, token_file),
+        adapters=adapters,
+        shutdown_grace_seconds=cfg.shutdown_grace_seconds,
+    )
+    if name_clash := set(adapters) & {settings.model_name}:
+        raise ConfigError(f"--adapter: {name_clash.pop()!r} is already the model's name")
+    ensure_port_free(args.host, cfg.port)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=cfg.port,
+        log_level="info",
+        timeout_graceful_shutdown=cfg.shutdown_grace_seconds,
+    )
+    server = DrainingServer(config, app.state.server.start_draining)
+    server.run()
