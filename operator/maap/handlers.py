@@ -63,6 +63,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     settings.persistence.finalizer = "maap.dev/finalizer"
     settings.posting.level = logging.INFO
+    # A FineTuneJob is only removed once its (synchronous) timer has exited; when the
+    # timer is mid-run at deletion, kopf re-checks after this many seconds (default 60).
+    settings.background.cancellation_polling = 2
     settings.execution.max_workers = int(os.environ.get("MAAP_MAX_WORKERS", "20"))
     k = kube()
     metrics.start_server(int(os.environ.get("MAAP_METRICS_PORT", "9090")))
