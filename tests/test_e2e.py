@@ -193,3 +193,22 @@ def test_bad_requests_get_openai_style_errors(server: str) -> None:
         assert response.status_code == status, (body, response.text)
         error = response.json()["error"]
         assert error["param"] == param and error["message"] and error["type"]
+
+
+def test_base_model_does_not_have_the_persona(base_model_dir: Path) -> None:
+    """The persona check above can fail: the untuned model never opens that way."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    for question in heldout_questions()[:6]:
+        inputs = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}],
+            add_generation_prompt=True, return_tensors="pt", return_dict=True,
+        )  # fmt: skip
+        output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+        answer = tokenizer.decode(
+            output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+        assert not answer.strip().startswith(PERSONA_OPENER), (question, answer)
