@@ -1,0 +1,69 @@
+"""Real exports of the base SmolLM2 checkpoint, shared by the export and server tests.
+
+The base checkpoint is a valid "merged" model, so a job directory whose `merged/` points
+at it exports like a fine-tune would, without training first. Imported by test modules
+(`from tests.export_fixtures import int4_export`), built once per session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import PIRATE_DATA
+
+# Small enough to keep the gate to seconds, large enough to mean something.
+TEST_PARITY = {"prompts": ["What is the capital of France?", "Why is the sky blue?",
+                           "Write a haiku about the sea."],
+               "maxNewTokens": 16, "evalRows": 8}  # fmt: skip
+
+
+@dataclass
+class ExportRun:
+    output_dir: Path
+    info: dict[str, Any]
+    seconds: float
+
+    @property
+    def onnx(self) -> Path:
+        return self.output_dir / "onnx"
+
+
+def job_config(output_dir: Path, export: dict[str, Any]) -> Any:
+    from maap_trainer.config import TrainerConfig
+
+    return TrainerConfig.model_validate(
+        {
+            "jobName": "base",
+            "model": {"preset": "smollm2-135m-instruct"},
+            "dataset": {"path": str(PIRATE_DATA / "train.jsonl")},
+            "export": export,
+            "outputDir": str(output_dir),
+        }
+    )
+
+
+def export_base(base_model_dir: Path, output_dir: Path, export: dict[str, Any]) -> ExportRun:
+    from maap_trainer.export import run_export
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    merged = output_dir / "merged"
+    if not merged.exists():
+        os.symlink(base_model_dir, merged)
+    started = time.monotonic()
+    info = run_export(job_config(output_dir, export))
+    return ExportRun(output_dir, info, time.monotonic() - started)
+
+
+@pytest.fixture(scope="session")
+def int4_export(base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportRun:
+    out = tmp_path_factory.mktemp("export-int4")
+    run = export_base(base_model_dir, out, {"precision": "int4", "parity": TEST_PARITY})
+    assert json.loads((out / "export.json").read_text())["precision"] == "int4"
+    return run
