@@ -145,6 +145,15 @@ class Cluster:
             GROUP, VERSION, self.namespace, PLURAL, name
         )
 
+    def gone(self, name: str) -> bool:
+        try:
+            self.get(name)
+            return False
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+
     def status(self, name: str) -> dict[str, Any]:
         return self.get(name).get("status") or {}
 
@@ -371,14 +380,10 @@ def test_deadline_fails_training_and_ttl_deletes_the_finished_job(cluster: Clust
         "deadline" in condition(status, "Failed")["message"].lower()
     )
 
-    def gone() -> bool:
-        try:
-            cluster.get("slow")
-            return False
-        except ApiException as exc:
-            return exc.status == 404
-
-    wait_until("ttlSecondsAfterFinished to delete the FineTuneJob", gone, 30, cluster.op)
+    wait_until(
+        "ttlSecondsAfterFinished to delete the FineTuneJob", lambda: cluster.gone("slow"), 30,
+        cluster.op,
+    )  # fmt: skip
 
 
 @pytest.mark.slow
@@ -502,14 +507,7 @@ def test_operator_works_under_its_least_privilege_rbac(
             .spec.replicas == 0, 30, op,
         )  # fmt: skip
 
-        def gone() -> bool:
-            try:
-                cluster.get("rbac-fail")
-                return False
-            except ApiException as exc:
-                return exc.status == 404
-
-        wait_until("the failed job to expire", gone, 60, op)
+        wait_until("the failed job to expire", lambda: cluster.gone("rbac-fail"), 60, op)
         secret = core.read_namespaced_secret("rbac-ok-progress", namespace)
         url = f"http://127.0.0.1:{op.progress_port}/v1/progress/{namespace}/rbac-ok"
         sent = httpx.post(
