@@ -231,3 +231,35 @@ def test_rbac_covers_the_kinds_the_operator_creates() -> None:
     assert {"configmaps", "persistentvolumeclaims", "services", "secrets", "jobs", "deployments",
             "events"} <= creatable  # fmt: skip
     assert all("*" not in verbs and "*" not in resources for _, resources, verbs in RULES)
+
+
+def test_serving_auth_secret_and_preset_memory_default() -> None:
+    off = job()
+    assert builders.build_serving_auth_secret(off, UID, "x") is None
+    container = builders.build_serving_deployment(off, UID, SETTINGS)["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert "--auth-token-env" not in container["command"]
+    assert container["command"][4:6] == ["--config", "/etc/maap/config.json"]
+
+    on = job(serving={"auth": {"enabled": True}})
+    secret = builders.build_serving_auth_secret(on, UID, "s3cret")
+    assert secret["metadata"]["name"] == "demo-serving-auth"
+    assert secret["stringData"] == {"token": "s3cret"}
+    container = builders.build_serving_deployment(on, UID, SETTINGS)["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    i = container["command"].index("--auth-token-env")
+    env = {e["name"]: e for e in container["env"]}
+    token_ref = env[container["command"][i + 1]]["valueFrom"]["secretKeyRef"]
+    assert token_ref == {"name": "demo-serving-auth", "key": "token"}
+
+    own = job(serving={"auth": {"enabled": True, "secretName": "team-token"}})
+    assert builders.build_serving_auth_secret(own, UID, "x") is None
+    assert builders.serving_auth_secret_name(own) == "team-token"
+
+    # No memory request given: the preset's minimum, so the pod lands where it fits.
+    resources = builders.build_training_job(job(), UID, SETTINGS)["spec"]["template"]["spec"][
+        "containers"
+    ][0]["resources"]
+    assert resources["requests"]["memory"] == "4Gi"

@@ -36,8 +36,19 @@ Quantity = int | str
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
+class ServingAuthSpec(CamelModel):
+    enabled: bool = Field(default=False, description="Require a bearer token from clients.")
+    secret_name: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        description="Secret (key `token`) holding the token; by default the operator "
+        "creates <name>-serving-auth with a random one.",
+    )
+
+
 class ServingSpec(ServingConfig):
     replicas: int = Field(default=1, ge=0, le=100, description="Serving pods behind the Service.")
+    auth: ServingAuthSpec = Field(default_factory=ServingAuthSpec)
 
 
 class ResourcesSpec(CamelModel):
@@ -134,7 +145,7 @@ class FineTuneJobSpec(CamelModel):
             training=self.training,
             deepspeed=self.deepspeed,
             export=self.export,
-            serving=ServingConfig(**self.serving.model_dump(exclude={"replicas"})),
+            serving=ServingConfig(**self.serving.model_dump(exclude={"replicas", "auth"})),
             output_dir=output_dir,
         )
 
@@ -189,6 +200,9 @@ class FineTuneJobStatus(CamelModel):
     artifacts: Artifacts | None = None
     metrics: TrainingMetrics | None = None
     endpoint: str | None = None
+    auth_secret: str | None = Field(
+        default=None, description="Secret with the bearer token the server requires."
+    )
     start_time: str | None = None
     completion_time: str | None = None
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from maap_trainer.config import TrainerConfig
+from maap_trainer.presets import PRESETS
 
 from maap.api import API_VERSION, KIND, FineTuneJob
 
@@ -21,6 +22,7 @@ OUTPUT_DIR = f"{WORKSPACE}/output"
 MASTER_PORT = 29500
 GPU_RESOURCE = "nvidia.com/gpu"
 JOB_LABEL = "maap.dev/finetunejob"
+SERVING_TOKEN_ENV = "MAAP_SERVING_TOKEN"
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
@@ -62,6 +64,10 @@ class Names:
     @property
     def progress_secret(self) -> str:
         return f"{self.job}-progress"
+
+    @property
+    def serving_auth_secret(self) -> str:
+        return f"{self.job}-serving-auth"
 
 
 def labels(job: FineTuneJob, component: str) -> dict[str, str]:
@@ -115,6 +121,27 @@ def build_progress_secret(job: FineTuneJob, uid: str, token: str) -> dict[str, A
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": _metadata(job, uid, Names(job.metadata.name).progress_secret, "progress"),
+        "type": "Opaque",
+        "stringData": {"token": token},
+    }
+
+
+def serving_auth_secret_name(job: FineTuneJob) -> str | None:
+    auth = job.spec.serving.auth
+    if not auth.enabled:
+        return None
+    return auth.secret_name or Names(job.metadata.name).serving_auth_secret
+
+
+def build_serving_auth_secret(job: FineTuneJob, uid: str, token: str) -> dict[str, Any] | None:
+    """The clients' bearer token, unless auth is off or the user brings their own Secret."""
+    auth = job.spec.serving.auth
+    if not auth.enabled or auth.secret_name:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(job, uid, Names(job.metadata.name).serving_auth_secret, "server"),
         "type": "Opaque",
         "stringData": {"token": token},
     }
@@ -204,6 +231,10 @@ def _common_env() -> list[dict[str, Any]]:
 def _resources(job: FineTuneJob, with_gpus: bool) -> dict[str, Any]:
     res = job.spec.resources
     requests = {k: str(v) for k, v in res.requests.items()}
+    preset = PRESETS.get(job.spec.model.preset or "")
+    if preset is not None and "memory" not in requests:
+        # Without a request the scheduler may pack the pod where the model cannot fit.
+        requests["memory"] = f"{preset.min_memory_gib_cpu}Gi"
     limits = {k: str(v) for k, v in res.limits.items()}
     if with_gpus and res.gpus:
         limits[GPU_RESOURCE] = str(res.gpus)
@@ -366,25 +397,29 @@ def build_serving_deployment(
     names = Names(job.metadata.name)
     port = job.spec.serving.port
     volumes, mounts = _volumes(job, read_only=True)
+    # Serving settings (port, batching, queue, limits) come from the job's config.json.
+    serve_command = [
+        *("python", "-m", "maap_trainer", "serve"),
+        *("--config", f"{CONFIG_MOUNT}/config.json"),
+        *("--model-dir", f"{OUTPUT_DIR}/onnx"),
+        *("--model-name", job.metadata.name),
+    ]
+    env = _common_env()
+    auth_secret = serving_auth_secret_name(job)
+    if auth_secret:
+        serve_command += ["--auth-token-env", SERVING_TOKEN_ENV]
+        env.append(
+            {
+                "name": SERVING_TOKEN_ENV,
+                "valueFrom": {"secretKeyRef": {"name": auth_secret, "key": "token"}},
+            }
+        )
     container = {
         "name": "server",
         "image": settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": [
-            "python",
-            "-m",
-            "maap_trainer",
-            "serve",
-            "--model-dir",
-            f"{OUTPUT_DIR}/onnx",
-            "--model-name",
-            job.metadata.name,
-            "--port",
-            str(port),
-            "--max-tokens-limit",
-            str(job.spec.serving.max_tokens_limit),
-        ],
-        "env": _common_env(),
+        "command": serve_command,
+        "env": env,
         "ports": [{"name": "http", "containerPort": port}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {

@@ -150,6 +150,8 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch) -> None:
         elif stage == "export":
             k.ensure(namespace, builders.build_export_job(job, uid, SETTINGS))
         elif stage == "serving":
+            token = secrets.token_urlsafe(32)
+            k.ensure(namespace, builders.build_serving_auth_secret(job, uid, token))
             k.ensure(namespace, builders.build_serving_deployment(job, uid, SETTINGS))
             k.ensure(namespace, builders.build_serving_service(job, uid))
 
@@ -164,6 +166,8 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch) -> None:
     }
     if decision.phase == "Serving":
         extra["endpoint"] = builders.service_endpoint(job)
+        if auth_secret := builders.serving_auth_secret_name(job):
+            extra["authSecret"] = auth_secret
     conditions = [_condition(c.type, c.status, c.reason, c.message) for c in decision.conditions]
     _write_status(body, patch, old_status, decision.phase, conditions, generation, extra)
 

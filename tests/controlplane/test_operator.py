@@ -190,7 +190,9 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def test_pipeline_reaches_serving(cluster: Cluster) -> None:
-    created = cluster.create(finetunejob("chat", "sc-serve", serving={"replicas": 1}))
+    created = cluster.create(
+        finetunejob("chat", "sc-serve", serving={"replicas": 1, "auth": {"enabled": True}})
+    )
     uid = created["metadata"]["uid"]
     status = cluster.wait_phase("chat", "Serving", timeout=120)
     status = wait_until(
@@ -205,6 +207,9 @@ def test_pipeline_reaches_serving(cluster: Cluster) -> None:
     assert status["endpoint"] == f"http://chat-server.{cluster.namespace}.svc:8000/v1"
     assert status["observedGeneration"] == created["metadata"]["generation"]
     assert status["artifacts"]["location"] == "pvc://chat-artifacts/workspace/output"
+    assert status["authSecret"] == "chat-serving-auth"
+    token = cluster.core.read_namespaced_secret("chat-serving-auth", cluster.namespace)
+    assert len(base64.b64decode(token.data["token"])) >= 32
 
     children = [
         cluster.core.read_namespaced_config_map("chat-config", cluster.namespace),
@@ -213,6 +218,7 @@ def test_pipeline_reaches_serving(cluster: Cluster) -> None:
         cluster.batch.read_namespaced_job("chat-export", cluster.namespace),
         cluster.apps.read_namespaced_deployment("chat-server", cluster.namespace),
         cluster.core.read_namespaced_service("chat-server", cluster.namespace),
+        token,
     ]
     for child in children:
         [owner] = child.metadata.owner_references

@@ -186,6 +186,8 @@ class LocalRunner:
             "--model-dir", str(model_dir), "--model-name", self.cfg.job_name,
             "--host", host, "--port", str(port),
             "--max-tokens-limit", str(self.cfg.serving.max_tokens_limit),
+            # The job's serving section: batch size, queue, auth, shutdown grace.
+            "--config", str(self.output_dir / CONFIG_FILE),
         ]  # fmt: skip
         termination = self.output_dir / "serve.error"
         termination.unlink(missing_ok=True)
@@ -247,10 +249,22 @@ class LocalRunner:
         for timing in self.report.timings:
             table.add_row(f"time: {timing.name}", f"{timing.seconds:.1f} s")
         if export:
-            table.add_row("export", f"{export['precision']} on {export['executionProvider']}")
+            table.add_row(
+                "export",
+                f"{export['precision']} on {export['executionProvider']}, "
+                f"{human_size(export.get('sizeBytes', 0))}, {export.get('seconds', 0):.0f} s build",
+            )
+            if parity := export.get("parity"):
+                table.add_row("parity", parity_line(parity))
+            if adapter := export.get("adapter"):
+                table.add_row(
+                    "adapter",
+                    f"{adapter['modules']} LoRA modules, {human_size(adapter['sizeBytes'])}"
+                    + (f"; {parity_line(adapter['parity'])}" if adapter.get("parity") else ""),
+                )
         self.console.print(table)
         # Paths go outside the table, unwrapped, so they can be copied whole.
-        for name in ("adapter", "merged", "onnx"):
+        for name in ("adapter", "merged", "onnx", "onnx-base", "adapters"):
             path = self.output_dir / name
             if path.is_dir():
                 self.console.print(
@@ -258,6 +272,18 @@ class LocalRunner:
                     soft_wrap=True,
                     highlight=False,
                 )
+
+
+def parity_line(parity: dict[str, Any]) -> str:
+    """The export's parity gate in one line (export.json's `parity`)."""
+    if parity.get("skipped"):
+        return f"skipped: {parity['skipped']}"
+    ppl = parity["perplexity"]
+    return (
+        f"{parity['exactMatches']}/{parity['prompts']} greedy answers identical, "
+        f"{parity['tokenAgreement']:.1%} token agreement, perplexity {ppl['pytorch']:.2f} -> "
+        f"{ppl['onnx']:.2f} ({ppl['relativeIncrease']:+.1%}) vs PyTorch"
+    )
 
 
 def _ready(url: str) -> bool:
