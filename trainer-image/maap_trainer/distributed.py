@@ -138,3 +138,10 @@ def configure_worker_state(deepspeed: bool, on_gpu: bool) -> bool:
             f"started {world_size()}"
         )
     return True
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

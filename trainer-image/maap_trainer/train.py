@@ -149,6 +149,9 @@ def run_training(cfg: TrainerConfig) -> dict[str, Any]:
 
     on_gpu = torch.cuda.is_available()
     precision = resolve_precision(cfg.training.precision, on_gpu)
+    if cfg.method.type != "full" and cfg.method.lora.init == "loftq" and not on_gpu:
+        # peft computes the LoftQ decomposition on a CUDA (or XPU) device, nowhere else.
+        raise ConfigError("method.lora.init: loftq needs a GPU; on CPU use pissa or default")
     set_seed(cfg.training.seed)
     if main:
         write_progress(output_dir, ProgressReport(stage="loading", message="loading the model"))
@@ -210,6 +213,7 @@ def run_training(cfg: TrainerConfig) -> dict[str, Any]:
         write_progress(output_dir, ProgressReport(stage="evaluating", message="eval after"))
     after = trainer.evaluate() if data.eval else None
     write_rank_report(output_dir, rank_report(trainer, distributed.rank(), world))
+    distributed.barrier()  # every rank's report is on disk before rank 0 reads them
 
     if main:
         write_progress(output_dir, ProgressReport(stage="saving", message="saving the model"))

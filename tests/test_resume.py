@@ -1,0 +1,72 @@
+"""A run killed mid-way resumes from its newest complete checkpoint, at that checkpoint's step."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from maap_trainer.checkpoints import COMPLETE_MARKER
+
+from tests.trainer_helpers import (
+    metrics_of,
+    run_stage,
+    short_chat_rows,
+    trainer_config,
+    write_jsonl,
+)
+
+pytestmark = pytest.mark.slow
+
+MAX_STEPS = 6
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "short.jsonl", short_chat_rows(30))
+    config, output = trainer_config(
+        tmp_path, data, "resume",
+        training={"maxSteps": MAX_STEPS, "checkpointSteps": 2, "batchSize": 2},
+    )  # fmt: skip
+    checkpoints = output / "checkpoints"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "maap_trainer", "train", "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not (checkpoints / "checkpoint-2" / COMPLETE_MARKER).is_file():
+            assert first.poll() is None, "the first run ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # like a node going away: no clean shutdown
+        first.wait()
+    complete = sorted(
+        p.name for p in checkpoints.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()
+    )
+    assert not (output / "metrics.json").exists(), "the run was killed before it finished"
+    newest = max(int(name.split("-")[1]) for name in complete)
+    assert newest < MAX_STEPS
+    # A checkpoint a crash left half-written must be neither used nor kept.
+    torn = checkpoints / f"checkpoint-{newest + 1}"
+    torn.mkdir(exist_ok=True)
+    (torn / "adapter_model.safetensors").write_bytes(b"truncated")
+
+    done = run_stage(config)
+    assert done.returncode == 0, done.stderr[-5000:]
+    metrics = metrics_of(output)
+    assert metrics["resumedFromStep"] == newest
+    assert metrics["steps"] == MAX_STEPS
+    assert f"resuming from {checkpoints / f'checkpoint-{newest}'}" in done.stderr
+    assert not torn.exists(), "the torn checkpoint is removed"
+    state = json.loads((checkpoints / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text())
+    assert state["global_step"] == MAX_STEPS
+    # Eval loss before is the base model's, kept from the first run, not the resumed one's.
+    before = json.loads((checkpoints / "eval-before.json").read_text())
+    assert metrics["evalLossBefore"] == before["eval_loss"]
+    assert metrics["evalLossAfter"] < metrics["evalLossBefore"]
