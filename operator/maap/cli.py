@@ -102,11 +102,23 @@ def crd() -> None:
 @app.command()
 def rbac(
     namespace: Annotated[str, typer.Option(help="Namespace of the operator.")] = "maap-system",
+    chart_rules: Annotated[
+        bool,
+        typer.Option(help="Print only the rules, split by scope, as the Helm chart reads them."),
+    ] = False,
 ) -> None:
     """Print the operator's least-privilege ServiceAccount, ClusterRole and binding."""
-    from maap.rbac import render_rbac
+    from maap.rbac import render_chart_rules, render_rbac
 
-    sys.stdout.write(render_rbac(namespace))
+    sys.stdout.write(render_chart_rules() if chart_rules else render_rbac(namespace))
+
+
+@app.command()
+def docs() -> None:
+    """Print the FineTuneJob field reference (Markdown, generated from the API models)."""
+    from maap.docs import render_reference
+
+    sys.stdout.write(render_reference())
 
 
 @app.command("serve")

@@ -1,0 +1,340 @@
+"""The Helm chart (charts/maap): generated parts in sync, `helm lint`, `helm template`.
+
+What the rendered objects must say is checked against the code they configure: the RBAC
+rules against operator/maap/rbac.py, the operator's arguments against the `maap operator`
+command, its environment against the variables the operator reads. Applying them to a
+real API server is tests/controlplane/test_chart_install.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import yaml
+from maap.docs import render_reference
+from maap.rbac import CLUSTER_SCOPED, RULES, render_chart_rules, rules_by_scope
+
+from tests.conftest import REPO
+
+CHART = REPO / "charts" / "maap"
+sys.path.insert(0, str(REPO / "tests" / "cluster"))
+from controlplane import default_bin_dir, read_versions  # noqa: E402
+
+# Values the chart is rendered with: defaults, a namespace list, every option switched.
+VALUES_MATRIX: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "everything": {
+        "watchNamespaces": ["team-a"],
+        "image": {"repository": "registry.example/maap-operator", "tag": "1.2.3"},
+        "trainer": {
+            "image": {
+                "repository": "registry.example/maap-trainer-cuda",
+                "tag": "1.2.3-cu128",
+                "pullPolicy": "Always",
+            },
+            "serviceAccountName": "maap-workload",
+        },
+        "serviceAccount": {"create": True, "name": "ops", "annotations": {"a": "b"}},
+        "ports": {"liveness": 18080, "metrics": 19090, "progress": 18081},
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "reconcileInterval": 2.5,
+        "verbose": True,
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        "podLabels": {"team": "ml"},
+        "extraEnv": [{"name": "MAAP_MAX_WORKERS", "value": "8"}],
+        "priorityClassName": "system-cluster-critical",
+    },
+    "no-rbac": {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "mine"}},
+}
+
+BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
+    "typo": ({"watchNamespace": ["a"]}, "additional properties 'watchNamespace'"),
+    "namespace-not-a-list": ({"watchNamespaces": "team-a"}, "want array"),
+    "namespace-not-a-name": ({"watchNamespaces": ["Team_A"]}, "does not match pattern"),
+    "port-out-of-range": ({"ports": {"liveness": 0, "metrics": 1, "progress": 2}}, "minimum"),
+    "pull-policy": ({"image": {"repository": "x", "pullPolicy": "Sometimes"}}, "value must be"),
+    "sa-without-name": ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
+}
+
+
+def helm_binary() -> str:
+    found = default_bin_dir() / "helm"
+    if found.is_file():
+        return str(found)
+    if on_path := shutil.which("helm"):
+        return on_path
+    reason = f"helm not found in {default_bin_dir()} or on PATH: run tests/cluster/build.sh"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: helm is required)", pytrace=False)
+    pytest.skip(reason)
+
+
+def kube_version() -> str:
+    # helm built from source defaults to Kubernetes v1.20 for `template`; render for the
+    # version the control plane tests run.
+    return read_versions()["KUBERNETES_VERSION"]
+
+
+def helm(*args: str, values: dict[str, Any] | None = None, tmp: Path | None = None):
+    cmd = [helm_binary(), *args]
+    if values:
+        assert tmp is not None
+        path = tmp / "values.yaml"
+        path.write_text(yaml.safe_dump(values))
+        cmd += ["--values", str(path)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def render(values: dict[str, Any], tmp: Path, namespace: str = "maap-system") -> list[dict]:
+    done = helm(
+        "template", "rel", str(CHART), "--namespace", namespace, "--kube-version", kube_version(),
+        values=values, tmp=tmp,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def one(objects: list[dict], kind: str, namespace: str | None = None) -> dict:
+    found = [
+        o for o in objects
+        if o["kind"] == kind and (namespace is None or o["metadata"].get("namespace") == namespace)
+    ]  # fmt: skip
+    assert len(found) == 1, f"{len(found)} {kind} objects"
+    return found[0]
+
+
+def rule_set(rules: list[dict]) -> set[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]:
+    return {(tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"])) for r in rules}
+
+
+RULE_SET = {(tuple(g), tuple(r), tuple(v)) for g, r, v in RULES}
+
+
+# --- generated files -------------------------------------------------------------------
+
+
+def test_chart_crds_are_identical_to_crds_dir() -> None:
+    ours = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
+    chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    assert ours, "crds/ is empty"
+    assert chart == ours, "charts/maap/crds/ differs from crds/: run `make crd`"
+
+
+def test_chart_rbac_rules_file_matches_rbac_py() -> None:
+    assert (CHART / "files" / "rbac-rules.yaml").read_text() == render_chart_rules(), (
+        "charts/maap/files/rbac-rules.yaml drifted from operator/maap/rbac.py: run `make generate`"
+    )
+
+
+def test_field_reference_matches_the_models() -> None:
+    assert (REPO / "docs" / "finetunejob-reference.md").read_text() == render_reference(), (
+        "docs/finetunejob-reference.md drifted from the API models: run `make generate`"
+    )
+
+
+def test_reference_names_every_spec_field() -> None:
+    from maap.crd import openapi_schema
+
+    text = render_reference()
+
+    def paths(node: dict[str, Any], prefix: str) -> list[str]:
+        out = []
+        for name, sub in node.get("properties", {}).items():
+            out.append(f"{prefix}.{name}")
+            out += paths(sub, f"{prefix}.{name}")
+        return out
+
+    for path in paths(openapi_schema()["properties"]["spec"], "spec"):
+        assert f"| `{path}` |" in text or f"\n## {path}\n" in text, path
+    assert "*immutable*" in text and "**required**" in text
+
+
+def test_rules_split_by_scope_cover_rules_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    split = rules_by_scope()
+    assert rule_set(split["namespaced"]) | rule_set(split["cluster"]) == RULE_SET
+    assert all(set(r["resources"]) <= CLUSTER_SCOPED for r in split["cluster"])
+    assert not any(set(r["resources"]) & CLUSTER_SCOPED for r in split["namespaced"])
+    monkeypatch.setattr("maap.rbac.RULES", [([""], ["pods", "namespaces"], ["list"])])
+    with pytest.raises(ValueError, match="mixes namespaced and cluster-scoped"):
+        rules_by_scope()
+
+
+# --- helm lint and template ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", sorted(VALUES_MATRIX))
+def test_helm_lint_strict(case: str, tmp_path: Path) -> None:
+    done = helm("lint", "--strict", str(CHART), values=VALUES_MATRIX[case], tmp=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_helm_rejects_bad_values(case: str, tmp_path: Path) -> None:
+    values, message = BAD_VALUES[case]
+    done = helm(
+        "template", "rel", str(CHART), "--kube-version", kube_version(), values=values, tmp=tmp_path
+    )
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
+
+
+def test_all_namespaces_get_one_cluster_role_with_exactly_the_rules(tmp_path: Path) -> None:
+    objects = render({}, tmp_path)
+    role = one(objects, "ClusterRole")
+    assert rule_set(role["rules"]) == RULE_SET
+    assert len(role["rules"]) == len(RULES)
+    binding = one(objects, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "rel-maap", "namespace": "maap-system"}
+    ]
+    assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
+    assert "--namespace" not in " ".join(container(objects)["args"])
+
+
+def test_namespace_list_gets_a_role_per_namespace(tmp_path: Path) -> None:
+    objects = render({"watchNamespaces": ["team-a", "team-b"]}, tmp_path)
+    split = rules_by_scope()
+    assert rule_set(one(objects, "ClusterRole")["rules"]) == rule_set(split["cluster"])
+    for ns in ("team-a", "team-b"):
+        role = one(objects, "Role", ns)
+        assert rule_set(role["rules"]) == rule_set(split["namespaced"])
+        binding = one(objects, "RoleBinding", ns)
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+            "name": role["metadata"]["name"],
+        }  # fmt: skip
+        assert binding["subjects"][0]["namespace"] == "maap-system"
+    args = container(objects)["args"]
+    assert [a for a in args if a.startswith("--namespace")] == [
+        "--namespace=team-a",
+        "--namespace=team-b",
+    ]
+
+
+def test_no_rbac_uses_the_named_service_account(tmp_path: Path) -> None:
+    objects = render(VALUES_MATRIX["no-rbac"], tmp_path)
+    kinds = {o["kind"] for o in objects}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    assert "ServiceAccount" not in kinds
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
+
+
+def container(objects: list[dict]) -> dict[str, Any]:
+    [c] = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def env_of(c: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in c["env"]}
+
+
+@pytest.mark.parametrize("case", sorted(VALUES_MATRIX))
+def test_operator_pod_is_locked_down(case: str, tmp_path: Path) -> None:
+    objects = render(VALUES_MATRIX[case], tmp_path)
+    deployment = one(objects, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    c = container(objects)
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 1000
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    [mount] = c["volumeMounts"]
+    assert mount["mountPath"] == "/tmp"
+    assert {"name": mount["name"], "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert set(ports) == {"liveness", "metrics", "progress"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
+
+
+def operator_command() -> Any:
+    from maap.cli import app
+
+    return typer.main.get_command(app).commands["operator"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("case", sorted(VALUES_MATRIX))
+def test_rendered_arguments_are_what_maap_operator_accepts(case: str, tmp_path: Path) -> None:
+    values = VALUES_MATRIX[case]
+    objects = render(values, tmp_path)
+    c = container(objects)
+    assert c["command"] == ["maap"] and c["args"][0] == "operator"
+    # Parse exactly as the CLI would; a renamed or misspelled flag fails here.
+    ctx = operator_command().make_context("operator", list(c["args"][1:]))
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ctx.params["liveness_port"] == ports["liveness"]
+    assert ctx.params["metrics_port"] == ports["metrics"]
+    assert list(ctx.params["namespace"] or []) == values.get("watchNamespaces", [])
+    assert ctx.params["verbose"] is bool(values.get("verbose"))
+
+
+def operator_env_names() -> set[str]:
+    """MAAP_* variables the operator's code reads."""
+    source = "".join(p.read_text() for p in (REPO / "operator" / "maap").glob("*.py"))
+    return set(re.findall(r"""environ(?:\.get|\.setdefault)?\(\s*["'](MAAP_[A-Z_]+)""", source))
+
+
+@pytest.mark.parametrize("case", sorted(VALUES_MATRIX))
+def test_environment_wires_images_and_progress_service(case: str, tmp_path: Path) -> None:
+    values = VALUES_MATRIX[case]
+    objects = render(values, tmp_path, namespace="ops")
+    env = env_of(container(objects))
+    extra = {e["name"] for e in values.get("extraEnv", [])}
+    unknown = {n for n in env if n.startswith("MAAP_")} - operator_env_names() - extra
+    assert not unknown, f"the operator reads no such variable: {unknown}"
+    trainer = values.get("trainer", {}).get("image", {})
+    expected = f"{trainer.get('repository', 'maap-trainer')}:{trainer.get('tag') or '0.1.0'}"
+    assert env["MAAP_TRAINER_IMAGE"] == expected
+    assert env["MAAP_IMAGE_PULL_POLICY"] == trainer.get("pullPolicy", "IfNotPresent")
+    assert env.get("MAAP_WORKLOAD_SERVICE_ACCOUNT") == (
+        values.get("trainer", {}).get("serviceAccountName") or None
+    )
+    operator_image = values.get("image", {})
+    assert container(objects)["image"] == (
+        f"{operator_image.get('repository', 'maap-operator')}:{operator_image.get('tag', '0.1.0')}"
+    )
+    # Pods reach the progress endpoint through the Service: its name, namespace and port.
+    service = one(objects, "Service")
+    progress = next(p for p in service["spec"]["ports"] if p["name"] == "progress")
+    assert env["MAAP_PROGRESS_URL"] == (
+        f"http://{service['metadata']['name']}.ops.svc:{progress['port']}"
+    )
+    assert env["MAAP_PROGRESS_PORT"] == str(progress["port"])
+    selector = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= selector.items()
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == {"metrics", "progress"}
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_service_monitor_is_optional_and_scrapes_the_metrics_port(
+    enabled: bool, tmp_path: Path
+) -> None:
+    objects = render({"serviceMonitor": {"enabled": enabled, "labels": {"release": "p"}}}, tmp_path)
+    monitors = [o for o in objects if o["kind"] == "ServiceMonitor"]
+    if not enabled:
+        assert not monitors
+        return
+    [monitor] = monitors
+    service = one(objects, "Service")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert monitor["metadata"]["labels"]["release"] == "p"
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
