@@ -72,8 +72,9 @@ def test_artifacts_and_summary(trained: TrainedRun) -> None:
     assert (onnx / "genai_config.json").is_file() and (onnx / "model.onnx").is_file()
     export = json.loads((out / "export.json").read_text())
     assert export["precision"] == "int4" and export["sizeBytes"] > 10_000_000
+    assert export["parity"]["passed"] is True, export["parity"]  # the gate ran and passed
     assert not list(out.glob("*.partial")), "no half-written stage directory is left"
-    for expected in ("eval loss", "time: Training", "time: Exporting ONNX (int4)"):
+    for expected in ("eval loss", "time: Training", "time: Exporting ONNX (int4)", "parity"):
         assert expected in trained.stdout
     assert f"onnx: {onnx} (" in trained.stdout, "artifact paths are printed whole"
 
