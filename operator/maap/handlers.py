@@ -66,7 +66,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # A FineTuneJob is only removed once its (synchronous) timer has exited; when the
     # timer is mid-run at deletion, kopf re-checks after this many seconds (default 60).
     settings.background.cancellation_polling = 2
-    settings.execution.max_workers = int(os.environ.get("MAAP_MAX_WORKERS", "20"))
+    # Handlers are synchronous and wait on the API server: threads, not CPU, bound them.
+    settings.execution.max_workers = int(os.environ.get("MAAP_MAX_WORKERS", "40"))
     k = kube()
     metrics.start_server(int(os.environ.get("MAAP_METRICS_PORT", "9090")))
     progress_port = int(os.environ.get("MAAP_PROGRESS_PORT", "8081"))
@@ -88,7 +89,11 @@ def on_change(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     reconcile(body, patch)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, sharp=False)
+# The first tick waits one interval: on.create has just reconciled the new object.
+@kopf.timer(
+    GROUP, VERSION, PLURAL,
+    interval=RECONCILE_INTERVAL, initial_delay=RECONCILE_INTERVAL, sharp=False,
+)  # fmt: skip
 def on_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     reconcile(body, patch)
 
@@ -134,7 +139,9 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch) -> None:
         kopf.info(body, reason="Expired", message="ttlSecondsAfterFinished passed; deleting")
         k.delete_finetunejob(namespace, job.metadata.name)
         return
-    seen = observe(k, namespace, names)
+    # A job with no phase yet has no children worth reading: go straight to creating
+    # them (a child that does exist answers 409, and the next reconcile observes it).
+    seen = observe(k, namespace, names) if old_status.get("phase") else Observed()
     decision = decide(job, seen)
     for stage in decision.create:
         if stage == "train":

@@ -5,6 +5,7 @@ Every call here is listed in the operator's RBAC (charts/maap, tests check it).
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -43,7 +44,8 @@ class Kube:
         if body is None:
             return False
         try:
-            self._create_fn(body["kind"])(namespace, body)
+            # No response models: deserialising them costs more than the request.
+            self._create_fn(body["kind"])(namespace, body, _preload_content=False)
             log.info("created %s %s/%s", body["kind"], namespace, body["metadata"]["name"])
             return True
         except ApiException as exc:
@@ -52,14 +54,16 @@ class Kube:
             raise
 
     def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._read(lambda: self.batch.read_namespaced_job(name, namespace))
+        return self._read(self.batch.read_namespaced_job, name, namespace)
 
     def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._read(lambda: self.apps.read_namespaced_deployment(name, namespace))
+        return self._read(self.apps.read_namespaced_deployment, name, namespace)
 
-    def _read(self, call) -> dict[str, Any] | None:
+    def _read(self, call: Any, name: str, namespace: str) -> dict[str, Any] | None:
+        """The object as plain JSON (the client's models are slow to build), or None."""
         try:
-            return self.api.sanitize_for_serialization(call())
+            response = call(name, namespace, _preload_content=False)
+            return json.loads(response.data)
         except ApiException as exc:
             if exc.status == 404:
                 return None
