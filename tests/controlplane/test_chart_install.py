@@ -196,6 +196,12 @@ def test_helm_install_all_namespaces_and_uninstall(
     assert gone.value.status == 404
 
 
+# The interpreter the operator runs with. Pointed at a virtualenv holding only
+# operator/requirements.txt and `pip install --no-deps .` (what operator/Dockerfile
+# installs), this test checks the operator image's package set without Docker.
+OPERATOR_PYTHON = os.environ.get("MAAP_OPERATOR_PYTHON", sys.executable)
+
+
 class ChartOperator:
     """`maap operator` with the args and env of the chart's Deployment, as its ServiceAccount."""
 
@@ -210,7 +216,7 @@ class ChartOperator:
         env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig)}
         with self.log_path.open("ab") as log:
             self.child = subprocess.Popen(
-                [sys.executable, "-m", "maap.cli", *self.args],
+                [OPERATOR_PYTHON, "-m", "maap.cli", *self.args],
                 stdout=log, stderr=subprocess.STDOUT, env=env,
             )  # fmt: skip
 
