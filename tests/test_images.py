@@ -164,3 +164,22 @@ def test_pinned_versions_are_installed_here() -> None:
             f"{name}: pinned {CONSTRAINTS[name]}, ran {installed}"
         )
     assert Requirement(f"deepspeed=={CONSTRAINTS['deepspeed']}") in makefile_packages()
+
+
+def test_cpu_image_builds_deepspeed_ops_for_any_avx2_node(tmp_path: Path) -> None:
+    text = TRAINER.read_text()
+    assert "COPY trainer-image/portable-cxx.sh /usr/local/bin/portable-cxx" in text
+    assert "CC=portable-cxx CXX=portable-cxx" in text
+    assert 'test "$(grep -c zmm /tmp/ops.s)" = 0' in text
+    # The wrapper rewrites DeepSpeed's build-machine flags and passes the rest through.
+    fake = tmp_path / "g++"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    done = subprocess.run(
+        ["/bin/sh", str(REPO / "trainer-image" / "portable-cxx.sh"),
+         "-O3", "-march=native", "-D__AVX512__", "-mtune=native", "a b.cpp", "-fopenmp"],
+        capture_output=True, text=True, check=True, env={"PATH": str(tmp_path)},
+    )  # fmt: skip
+    assert done.stdout.splitlines() == [
+        "-O3", "-march=x86-64-v3", "-D__AVX256__", "-mtune=generic", "a b.cpp", "-fopenmp",
+    ]  # fmt: skip
