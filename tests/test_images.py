@@ -166,11 +166,12 @@ def test_pinned_versions_are_installed_here() -> None:
     assert Requirement(f"deepspeed=={CONSTRAINTS['deepspeed']}") in makefile_packages()
 
 
-def test_cpu_image_builds_deepspeed_ops_for_any_avx2_node(tmp_path: Path) -> None:
-    text = TRAINER.read_text()
-    assert "COPY trainer-image/portable-cxx.sh /usr/local/bin/portable-cxx" in text
-    assert "CC=portable-cxx CXX=portable-cxx" in text
-    assert 'test "$(grep -c zmm /tmp/ops.s)" = 0' in text
+def test_images_build_deepspeed_ops_for_any_avx2_node(tmp_path: Path) -> None:
+    for dockerfile in (TRAINER, TRAINER_CUDA):
+        text = dockerfile.read_text()
+        assert "COPY trainer-image/portable-cxx.sh /usr/local/bin/portable-cxx" in text
+        assert "CC=portable-cxx CXX=portable-cxx" in text
+        assert 'test "$(grep -c zmm /tmp/ops.s)" = 0' in text
     # The wrapper rewrites DeepSpeed's build-machine flags and passes the rest through.
     fake = tmp_path / "g++"
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
