@@ -31,9 +31,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("ds") / "short.jsonl", short_chat_rows(ROWS))
 
 
-def train_on_two_processes(tmp_path: Path, data: Path, deepspeed: dict, method: str) -> dict:
+def train_on_two_processes(tmp_path: Path, data: Path, deepspeed: dict, method: dict) -> dict:
     config, output = trainer_config(
-        tmp_path, data, "zero", method={"type": method}, deepspeed=deepspeed,
+        tmp_path, data, "zero", method=method, deepspeed=deepspeed,
         training={"epochs": 1, "batchSize": BATCH},
     )  # fmt: skip
     done = run_stage(config, env={"NPROC_PER_NODE": "2"})
@@ -57,7 +57,7 @@ def test_zero3_offload_partitions_parameters_and_optimizer(tmp_path: Path, data:
     metrics = train_on_two_processes(
         tmp_path, data,
         {"enabled": True, "zeroStage": 3, "offloadOptimizer": True, "offloadParameters": True},
-        "dora",
+        {"type": "dora", "lora": {"targetModules": ["q_proj", "v_proj"]}},
     )  # fmt: skip
     assert metrics["distributed"]["zeroStage"] == 3
     trainable = metrics["trainableParameters"]
@@ -70,7 +70,10 @@ def test_zero3_offload_partitions_parameters_and_optimizer(tmp_path: Path, data:
 
 def test_zero2_offload_partitions_optimizer_state(tmp_path: Path, data: Path) -> None:
     metrics = train_on_two_processes(
-        tmp_path, data, {"enabled": True, "zeroStage": 2, "offloadOptimizer": True}, "lora"
+        tmp_path,
+        data,
+        {"enabled": True, "zeroStage": 2, "offloadOptimizer": True},
+        {"type": "lora"},
     )
     assert metrics["distributed"]["zeroStage"] == 2
     trainable = metrics["trainableParameters"]

@@ -6,6 +6,7 @@ map one to one onto peft's LoraConfig.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,11 @@ def load_base(base: str, head: TaskHead, precision: str, quantize_4bit: bool = F
     dtype = torch_dtype(precision)
     kwargs: dict[str, Any] = {"dtype": dtype, **head.model_kwargs}
     if quantize_4bit:
+        import torch
+
+        if torch.cuda.is_available():
+            # 4-bit weights are placed at load time: on this rank's own GPU.
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
