@@ -338,3 +338,15 @@ def test_service_monitor_is_optional_and_scrapes_the_metrics_port(
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
+
+
+def test_cli_prints_the_generated_files() -> None:
+    """`make generate` writes these through the CLI; it must print exactly what is checked."""
+    from maap.cli import app
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    rules = runner.invoke(app, ["rbac", "--chart-rules"])
+    assert rules.exit_code == 0 and rules.stdout == render_chart_rules()
+    docs = runner.invoke(app, ["docs"])
+    assert docs.exit_code == 0 and docs.stdout == render_reference()
