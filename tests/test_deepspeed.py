@@ -7,6 +7,7 @@ elements it holds. A silent world of one (the CPU pitfall) would show 1 and the 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def train_on_two_processes(tmp_path: Path, data: Path, deepspeed: dict, method: 
     done = run_stage(config, env={"NPROC_PER_NODE": "2"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     metrics = metrics_of(output)
+    print(json.dumps({k: metrics[k] for k in ("method", "evalLossBefore", "evalLossAfter",
+                                              "secondsPerStep", "trainableParameters",
+                                              "distributed")}))  # fmt: skip
     # Rows split over 2 ranks: half the optimizer steps a single process would take.
     assert metrics["trainRows"] == 32
     assert metrics["steps"] == math.ceil(32 / (BATCH * 2)) == 4

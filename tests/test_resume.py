@@ -50,6 +50,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
         p.name for p in checkpoints.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()
     )
     assert not (output / "metrics.json").exists(), "the run was killed before it finished"
+    base_eval = json.loads((checkpoints / "eval-before.json").read_text())["eval_loss"]
     newest = max(int(name.split("-")[1]) for name in complete)
     assert newest < MAX_STEPS
     # A checkpoint a crash left half-written must be neither used nor kept.
@@ -60,13 +61,14 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     done = run_stage(config)
     assert done.returncode == 0, done.stderr[-5000:]
     metrics = metrics_of(output)
+    print("resume", {k: metrics[k] for k in ("resumedFromStep", "steps", "evalLossBefore",
+                                             "evalLossAfter", "secondsPerStep")})  # fmt: skip
     assert metrics["resumedFromStep"] == newest
     assert metrics["steps"] == MAX_STEPS
     assert f"resuming from {checkpoints / f'checkpoint-{newest}'}" in done.stderr
     assert not torn.exists(), "the torn checkpoint is removed"
     state = json.loads((checkpoints / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text())
     assert state["global_step"] == MAX_STEPS
-    # Eval loss before is the base model's, kept from the first run, not the resumed one's.
-    before = json.loads((checkpoints / "eval-before.json").read_text())
-    assert metrics["evalLossBefore"] == before["eval_loss"]
+    # Eval loss before is the base model's, from the first run, not the resumed model's.
+    assert metrics["evalLossBefore"] == base_eval
     assert metrics["evalLossAfter"] < metrics["evalLossBefore"]

@@ -9,6 +9,8 @@ from typing import Any
 
 from maap_trainer.progress import ProgressReport, write_progress
 
+RANKS_DIR = "ranks"
+
 
 def progress_callback(output_dir: Path) -> Any:
     from transformers import TrainerCallback
@@ -63,8 +65,10 @@ def progress_callback(output_dir: Path) -> Any:
     return ProgressCallback()
 
 
-def eval_recorder() -> Any:
-    """Keep the metrics of every evaluation, in order (the first one is eval-on-start)."""
+def eval_recorder(first_eval_file: Path) -> Any:
+    """Keep the metrics of every evaluation, in order. The first one (eval-on-start, the
+    base model) is also written to `first_eval_file` at once, so a run killed later still
+    reports the base model's eval after it resumes."""
     from transformers import TrainerCallback
 
     class EvalRecorder(TrainerCallback):
@@ -77,7 +81,10 @@ def eval_recorder() -> Any:
 
         def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw):
             self.history.append(dict(metrics or {}))
-            self.train_started = time.monotonic()
+            if len(self.history) == 1 and state.is_world_process_zero:
+                first_eval_file.parent.mkdir(parents=True, exist_ok=True)
+                first_eval_file.write_text(json.dumps(self.history[0]), encoding="utf-8")
+            self.train_started = time.monotonic()  # training time starts after it
 
     return EvalRecorder()
 
@@ -125,11 +132,11 @@ def _optimizer_partition_elements(trainer: Any) -> int | None:
 
 
 def write_rank_report(output_dir: Path, report: dict[str, Any]) -> None:
-    folder = output_dir / "ranks"
+    folder = output_dir / RANKS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"rank-{report['rank']}.json").write_text(json.dumps(report), encoding="utf-8")
 
 
 def read_rank_reports(output_dir: Path) -> list[dict[str, Any]]:
-    folder = output_dir / "ranks"
+    folder = output_dir / RANKS_DIR
     return [json.loads(p.read_text("utf-8")) for p in sorted(folder.glob("rank-*.json"))]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from maap_trainer import distributed
 from maap_trainer.artifacts import save_artifacts
 from maap_trainer.callbacks import (
+    RANKS_DIR,
     eval_recorder,
     progress_callback,
     rank_report,
@@ -165,8 +167,10 @@ def run_training(cfg: TrainerConfig) -> dict[str, Any]:
 
     ckpt_root = output_dir / CHECKPOINTS_DIR
     resume_from = newest_complete(ckpt_root) if cfg.training.resume else None
-    if main and cfg.training.resume:
-        discard_incomplete(ckpt_root)
+    if main:
+        shutil.rmtree(output_dir / RANKS_DIR, ignore_errors=True)  # reports of an earlier run
+        if cfg.training.resume:
+            discard_incomplete(ckpt_root)
     cached_before = _read_eval_before(ckpt_root) if resume_from else None
     ds_config = build_deepspeed_config(cfg.deepspeed, on_gpu) if cfg.deepspeed.enabled else None
     configured = distributed.configure_worker_state(ds_config is not None, on_gpu)
@@ -185,7 +189,8 @@ def run_training(cfg: TrainerConfig) -> dict[str, Any]:
     if main and cfg.method.lora.init == "pissa" and cfg.method.type != "full":
         _save_initial_adapter(model, ckpt_root)
 
-    recorder = eval_recorder()
+    # Eval before training runs once per job: a resumed run reuses the first run's.
+    recorder = eval_recorder(ckpt_root / EVAL_BEFORE_FILE)
     trainer = Trainer(
         model=model,
         args=args,
@@ -207,8 +212,6 @@ def run_training(cfg: TrainerConfig) -> dict[str, Any]:
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     runtime = time.monotonic() - (recorder.train_started or time.monotonic())
     before = cached_before or (recorder.history[0] if recorder.history else None)
-    if main and before is not None and cached_before is None:
-        (ckpt_root / EVAL_BEFORE_FILE).write_text(json.dumps(before), encoding="utf-8")
     if main:
         write_progress(output_dir, ProgressReport(stage="evaluating", message="eval after"))
     after = trainer.evaluate() if data.eval else None
