@@ -32,7 +32,6 @@ sys.path.insert(0, str(REPO / "tests" / "cluster"))
 
 from controlplane import ControlPlane  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
-
 from maap import builders  # noqa: E402
 from maap.api import GROUP, PLURAL, VERSION  # noqa: E402
 from maap.manifest import parse_manifest  # noqa: E402
@@ -213,7 +212,9 @@ def main() -> None:
 
 def summarize(result: dict[str, Any]) -> None:
     def mmm(values: list[float], fmt: str = "{:.3f}") -> str:
-        return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+        return " / ".join(
+            fmt.format(v) for v in (min(values), statistics.median(values), max(values))
+        )
 
     runs = result["runs"]
     op = [r["operator"] for r in runs]
