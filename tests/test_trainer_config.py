@@ -88,7 +88,6 @@ def trainer_config(**sections: Any) -> TrainerConfig:
          "method.type: qlora keeps frozen 4-bit bitsandbytes weights"),
         ({"method": {"lora": {"init": "pissa"}}, "deepspeed": {"enabled": True, "zeroStage": 3}},
          "method.lora.init: pissa decomposes each full weight matrix"),
-        ({"training": {"task": "text-classification"}}, "set export.enabled: false"),
         ({"training": {"task": "token-classification"},
           "dataset": {"path": "d.jsonl", "format": "chat"},
           "export": {"enabled": False}, "serving": {"enabled": False}},

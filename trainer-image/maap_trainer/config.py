@@ -342,8 +342,6 @@ def combination_problem(
     training: TrainingSpec,
     deepspeed: DeepSpeedSpec,
     dataset: DatasetSpec,
-    export_enabled: bool,
-    serving_enabled: bool,
 ) -> str | None:
     """The first cross-section combination that makes no sense, as one line, or None."""
     task = training.task
@@ -352,11 +350,6 @@ def combination_problem(
         return (
             f"dataset.format: {dataset.format} rows do not fit training.task {task} "
             f"(valid: {valid})"
-        )
-    if task != "causal-lm" and (export_enabled or serving_enabled):
-        return (
-            f"training.task: {task} trains a classifier; the ONNX GenAI export and the chat "
-            "server are for causal-lm, so set export.enabled: false and serving.enabled: false"
         )
     if deepspeed.enabled and method.type == "qlora":
         return (
@@ -379,13 +372,6 @@ SPEC_CEL_RULES: list[dict[str, str]] = [
         "|| !has(self.method) || !has(self.method.type) || self.method.type != 'qlora'",
         "message": "method.type qlora cannot run under deepspeed: ZeRO cannot partition 4-bit "
         "weights",
-    },
-    {
-        "rule": "!has(self.training) || !has(self.training.task) "
-        "|| self.training.task == 'causal-lm' || (has(self.export) && has(self.export.enabled) "
-        "&& !self.export.enabled && has(self.serving) && has(self.serving.enabled) "
-        "&& !self.serving.enabled)",
-        "message": "classification tasks need export.enabled: false and serving.enabled: false",
     },
 ]
 
@@ -551,8 +537,6 @@ class TrainerConfig(CamelModel):
             self.training,
             self.deepspeed,
             self.dataset,
-            self.export.enabled,
-            self.serving.enabled,
         )
         preset = PRESETS.get(self.model.preset or "")
         encoder = preset is not None and preset.kind == "encoder"
