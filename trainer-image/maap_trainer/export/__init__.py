@@ -71,6 +71,8 @@ def run_export(cfg: TrainerConfig) -> dict[str, Any]:
         raise ExportError(f"export: no merged model at {merged}; the training stage must run first")
     log_path = output_dir / EXPORT_LOG
     log_path.write_text("", encoding="utf-8")
+    if cfg.training.task != "causal-lm":
+        return _run_classifier_export(cfg, merged, log_path)
     staging = output_dir / "onnx.partial"
     _progress(output_dir, f"ONNX {spec.precision}")
     seconds = build(
@@ -116,6 +118,66 @@ def run_export(cfg: TrainerConfig) -> dict[str, Any]:
     _write_info(output_dir, info)
     write_progress(output_dir, ProgressReport(stage="exported", step=1, total_steps=1))
     return info
+
+
+def _run_classifier_export(cfg: TrainerConfig, merged: Path, log_path: Path) -> dict[str, Any]:
+    from maap_trainer.export.classifier import classifier_parity, export_classifier
+
+    spec, output_dir = cfg.export, Path(cfg.output_dir)
+    if spec.adapter:
+        raise ExportError(
+            "export.adapter: ONNX adapters are for generative models; set it to false for "
+            f"task {cfg.training.task}"
+        )
+    staging = output_dir / "onnx.partial"
+    _progress(output_dir, f"ONNX {spec.precision} classifier")
+    built = export_classifier(merged, staging, cfg.training.task, spec.precision, log_path)
+    info: dict[str, Any] = {
+        "precision": spec.precision,
+        "executionProvider": spec.execution_provider,
+        "task": cfg.training.task,
+        "labels": built["labels"],
+        "path": str(output_dir / "onnx"),
+        "seconds": built["seconds"],
+        "sizeBytes": directory_size(staging),
+        "files": file_sizes(staging),
+    }
+    if spec.parity.enabled:
+        _progress(output_dir, "parity gate: PyTorch vs ONNX")
+        parity = classifier_parity(
+            merged, staging, cfg.training.task, spec.precision, spec.parity,
+            _classifier_texts(cfg),
+        )  # fmt: skip
+        info["parity"] = parity
+        if not parity["passed"]:
+            _publish(staging, output_dir / "onnx.rejected")
+            info["path"] = str(output_dir / "onnx.rejected")
+            _write_info(output_dir, info)
+            raise ExportError(parity["failure"])
+    _publish(staging, output_dir / "onnx")
+    _write_info(output_dir, info)
+    write_progress(output_dir, ProgressReport(stage="exported", step=1, total_steps=1))
+    return info
+
+
+def _classifier_texts(cfg: TrainerConfig) -> list[str] | None:
+    """Eval-split texts (NER rows are joined words), or None for the built-in texts."""
+    from maap_trainer.errors import DatasetError
+    from maap_trainer.export.gate import load_eval_split
+
+    try:
+        eval_rows = load_eval_split(cfg)
+    except (DatasetError, OSError):
+        return None
+    texts = []
+    for example in eval_rows[: cfg.export.parity.eval_rows]:
+        text = getattr(example, "text", None)
+        words = getattr(example, "tokens", None)
+        if isinstance(text, str) and text:
+            texts.append(text)
+        elif isinstance(words, list) and words:
+            texts.append(" ".join(str(w) for w in words))
+    return texts or None
 
 
 def _write_info(output_dir: Path, info: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from maap_trainer.config import TrainerConfig
 from maap_trainer.errors import DatasetError
@@ -21,19 +22,32 @@ from maap_trainer.export.parity import (
 log = logging.getLogger("maap.export")
 
 
+def load_eval_split(cfg: TrainerConfig) -> list[Any]:
+    """The eval rows training held out (or the job's evalPath file)."""
+    from maap_trainer.data import load_dataset
+
+    dataset = cfg.dataset
+    splits = load_dataset(
+        Path(dataset.path),
+        dataset.format,
+        dataset.eval_fraction,
+        cfg.training.seed,
+        getattr(dataset, "eval_path", None),
+    )
+    return splits.eval
+
+
 def eval_texts(cfg: TrainerConfig, tokenizer: object) -> tuple[list[ScoredText], str]:
     """The eval split scored like training scores it (assistant tokens only if so trained)."""
-    from maap_trainer.data import IGNORE_INDEX, load_dataset, tokenize_example
+    from maap_trainer.data import IGNORE_INDEX, tokenize_example
 
     try:
-        splits = load_dataset(
-            Path(cfg.dataset.path), cfg.dataset.format, cfg.dataset.eval_fraction, cfg.training.seed
-        )
+        eval_rows = load_eval_split(cfg)
     except (DatasetError, OSError) as exc:
         log.warning("perplexity on built-in texts: the eval split is unavailable (%s)", exc)
         return texts_from_strings(tokenizer, DEFAULT_TEXTS), "built-in texts"
     texts = []
-    for example in splits.eval[: cfg.export.parity.eval_rows]:
+    for example in eval_rows[: cfg.export.parity.eval_rows]:
         tok = tokenize_example(
             example,
             tokenizer,  # type: ignore[arg-type]

@@ -105,12 +105,15 @@ def run_serve(args: argparse.Namespace) -> None:
 
     from maap_trainer.ports import ensure_port_free
     from maap_trainer.serve.auth import load_token
-    from maap_trainer.serve.server import DrainingServer, ServerSettings, create_app
+    from maap_trainer.serve.common import DrainingServer
+    from maap_trainer.serve.server import ServerSettings, create_app
 
     model_dir: Path = args.model_dir
-    if not (model_dir / "genai_config.json").is_file():
+    classifier = (model_dir / "maap_classifier.json").is_file()
+    if not classifier and not (model_dir / "genai_config.json").is_file():
         raise ConfigError(
-            f"--model-dir: {model_dir} has no exported ONNX model (genai_config.json)"
+            f"--model-dir: {model_dir} has no exported ONNX model (genai_config.json, or "
+            "maap_classifier.json for a classifier)"
         )
     cfg = serving_config(args)
     adapters = parse_adapters(args.adapter)
@@ -130,8 +133,15 @@ def run_serve(args: argparse.Namespace) -> None:
     )
     if name_clash := set(adapters) & {settings.model_name}:
         raise ConfigError(f"--adapter: {name_clash.pop()!r} is already the model's name")
+    if classifier and adapters:
+        raise ConfigError("--adapter: LoRA adapters are for generative models, not classifiers")
     ensure_port_free(args.host, cfg.port)
-    app = create_app(settings)
+    if classifier:
+        from maap_trainer.serve.classify import create_classifier_app
+
+        app = create_classifier_app(settings)
+    else:
+        app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=args.host,

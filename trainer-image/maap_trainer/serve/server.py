@@ -9,25 +9,21 @@ reports not-ready, and lets running generations finish (up to the grace period).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from maap_trainer.serve.auth import check_bearer
+from maap_trainer.serve.common import install_common
 from maap_trainer.serve.metrics import ServerMetrics
 from maap_trainer.serve.protocol import (
     APIError,
@@ -126,39 +122,19 @@ class ServerState:
         )
 
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
-
-
-class RequestMetrics:
-    """ASGI middleware: count every API answer by endpoint and status (streams included)."""
-
-    def __init__(self, app: Any, metrics: ServerMetrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(
-        self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[Any]],
-        send: Callable[[Any], Awaitable[None]],
-    ) -> None:
-        if scope["type"] != "http" or scope["path"] not in ENDPOINTS:
-            await self.app(scope, receive, send)
-            return
-        endpoint = scope["path"]
-
-        async def counting_send(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                self.metrics.requests.labels(endpoint, str(status)).inc()
-                if status >= 400:
-                    self.metrics.errors.labels(endpoint, str(status)).inc()
-            await send(message)
-
-        await self.app(scope, receive, counting_send)
-
-
 def create_app(settings: ServerSettings) -> FastAPI:
     state = ServerState(settings)
+
+    def readiness() -> tuple[str, str | None]:
+        if state.draining:
+            return "draining", None
+        if state.load_error is not None:
+            return "failed", state.load_error
+        if state.scheduler is None:
+            return "loading", None
+        if state.scheduler.broken is not None:
+            return "failed", state.scheduler.broken
+        return "ready", None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -170,58 +146,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     app = FastAPI(title="maap model server", lifespan=lifespan)
     app.state.server = state
-    app.add_middleware(RequestMetrics, metrics=state.metrics)
-
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        body = error_body(exc.message, exc.kind, exc.param, exc.code)
-        return JSONResponse(body, exc.status, headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        if first.get("type") == "json_invalid":
-            message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error')}"
-            return JSONResponse(error_body(message, "invalid_request_error"), 400)
-        loc = [str(p) for p in first["loc"] if p != "body"]
-        # A union type adds the branch name (e.g. 'str') to the location: not a field.
-        loc = [p for p in loc if p not in ("str", "list[TextPart]", "list[str]")]
-        param = ".".join(loc) or None
-        detail = str(first["msg"]).removeprefix("Value error, ")
-        message = f"{param}: {detail}" if param else detail
-        return JSONResponse(error_body(message, "invalid_request_error", param), 400)
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        if state.draining:
-            return JSONResponse({"status": "draining"}, 503)
-        if state.load_error is not None:
-            return JSONResponse({"status": "failed", "error": state.load_error}, 503)
-        if state.scheduler is None:
-            return JSONResponse({"status": "loading"}, 503)
-        if state.scheduler.broken is not None:
-            return JSONResponse({"status": "failed", "error": state.scheduler.broken}, 503)
-        return JSONResponse({"status": "ready"})
-
-    @app.get("/metrics")
-    async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(
-            generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST
-        )
-
-    async def authorized(request: Request) -> None:
-        if settings.auth_token is None:
-            return
-        problem = check_bearer(request.headers.get("authorization"), settings.auth_token)
-        if problem is not None:
-            raise APIError(401, problem, code="invalid_api_key")
-
-    api = APIRouter(prefix="/v1", dependencies=[Depends(authorized)])
+    api = install_common(app, state.metrics, readiness, settings.auth_token)
 
     @api.get("/models")
     async def models() -> dict[str, Any]:
@@ -442,28 +367,3 @@ async def _pieces_or_error(g: Generation) -> AsyncIterator[str | dict[str, Any]]
 
 def _usage(g: Generation) -> dict[str, int]:
     return usage(g.prompt_tokens, g.completion_tokens)
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server, telling the app the moment SIGTERM/SIGINT arrives.
-
-    The app then reports not-ready and refuses new generations; uvicorn stops accepting
-    connections and waits (up to its graceful timeout) for the running requests, streams
-    included, before the app's own shutdown.
-    """
-
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
-        super().__init__(config)
-        self._on_exit = on_exit
-
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        self._on_exit()
-        super().handle_exit(sig, frame)
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
-            yield
-            # uvicorn re-raises the signal once shut down, so SIGTERM would end the process
-            # as killed (143); a drained shutdown is a clean exit.
-            self._captured_signals.clear()

@@ -1,0 +1,177 @@
+"""LoRA adapters as ONNX Runtime adapters: one base export, several fine-tunes, one server.
+
+Two LoRA adapters are made on the base checkpoint without training (random, small B), so
+each is a distinct "fine-tune" whose PyTorch answers are the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.export_fixtures import TEST_PARITY, export_base
+from tests.serving import running_server
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["What is the capital of France?", "Name a fruit.", "Why do cats purr?"]
+MAX_TOKENS = 12
+
+
+@dataclass
+class FineTune:
+    name: str
+    adapter: Path
+    merged: Path
+
+
+def make_fine_tune(
+    base: Path, root: Path, name: str, seed: int, rank: int, scale: float = 0.05, **lora
+) -> FineTune:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    lora = {"target_modules": "all-linear", **lora}
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, init_lora_weights=False,
+                        task_type="CAUSAL_LM", **lora)  # fmt: skip
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():  # a small, real change of behaviour
+        for module_name, param in peft_model.named_parameters():
+            if "lora_B" in module_name:
+                param.mul_(scale)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    peft_model.save_pretrained(root / name / "adapter")
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(root / name / "merged")
+    tokenizer.save_pretrained(root / name / "merged")
+    return FineTune(name, root / name / "adapter", root / name / "merged")
+
+
+def pytorch_answers(checkpoint: Path) -> dict[str, str]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    answers = {}
+    for prompt in PROMPTS:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=MAX_TOKENS, do_sample=False,
+                                 pad_token_id=tokenizer.eos_token_id)  # fmt: skip
+        answers[prompt] = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    return answers
+
+
+@pytest.fixture(scope="module")
+def fine_tunes(base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[FineTune]:
+    root = tmp_path_factory.mktemp("fine-tunes")
+    return [
+        make_fine_tune(base_model_dir, root, "first", seed=1, rank=16),
+        make_fine_tune(base_model_dir, root, "second", seed=2, rank=8, scale=0.3,
+                       target_modules=["q_proj", "v_proj", "down_proj"]),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def exported(
+    base_model_dir: Path, fine_tunes: list[FineTune], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict]:
+    """The export stage with export.adapter on, for the first fine-tune (fp32)."""
+    out = tmp_path_factory.mktemp("job")
+    first = fine_tunes[0]
+    (out / "adapter").symlink_to(first.adapter)
+    (out / "merged").symlink_to(first.merged)
+    run = export_base(
+        base_model_dir, out, {"precision": "fp32", "adapter": True, "parity": TEST_PARITY}
+    )
+    return out, run.info
+
+
+def test_export_writes_a_slotted_base_and_an_adapter_that_reproduce_the_fine_tune(
+    exported: tuple[Path, dict],
+) -> None:
+    out, info = exported
+    adapter = info["adapter"]
+    assert adapter["path"] == str(out / "adapters" / "base.onnx_adapter")
+    assert adapter["modules"] == 30 * 7 and adapter["rank"] == [16]
+    assert (out / "onnx-base" / "lora_slots.json").is_file()
+    assert (out / "onnx-base" / "tokenizer.json").is_file()
+    # Far smaller than a second merged model: only A and B, in fp32.
+    assert adapter["sizeBytes"] < 0.1 * info["sizeBytes"]
+    parity = adapter["parity"]
+    assert parity["passed"] is True and parity["tokenAgreement"] >= 0.99, parity
+    assert abs(parity["perplexity"]["relativeIncrease"]) < 1e-3, parity
+    assert json.loads((out / "export.json").read_text())["adapter"] == adapter
+
+
+def test_one_base_serves_several_fine_tunes_like_pytorch(
+    base_model_dir: Path, exported: tuple[Path, dict], fine_tunes: list[FineTune], tmp_path: Path
+) -> None:
+    out, info = exported
+    first, second = fine_tunes
+    second_file = tmp_path / "second.onnx_adapter"
+    done = subprocess.run(
+        [sys.executable, "-m", "maap_trainer", "export-adapter",
+         "--adapter-dir", str(second.adapter), "--base-checkpoint", str(base_model_dir),
+         "--base-onnx", str(out / "onnx-base"), "--output", str(second_file)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["rank"] == [8] and report["modules"] == 30 * 3
+
+    expected = {
+        "base": pytorch_answers(base_model_dir),
+        "first": pytorch_answers(first.merged),
+        "second": pytorch_answers(second.merged),
+    }
+    assert expected["first"] != expected["base"] != expected["second"]
+    with running_server(
+        out / "onnx-base", tmp_path / "serve.log", "--model-name", "base",
+        "--adapter", f"first={info['adapter']['path']}", "--adapter", f"second={second_file}",
+    ) as srv:  # fmt: skip
+        models = httpx.get(f"{srv.api}/models").json()["data"]
+        assert [m["id"] for m in models] == ["base", "first", "second"]
+
+        def ask(model_and_prompt: tuple[str, str]) -> str:
+            model, prompt = model_and_prompt
+            body = {"model": model, "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": MAX_TOKENS, "temperature": 0}  # fmt: skip
+            response = httpx.post(f"{srv.api}/chat/completions", json=body, timeout=120)
+            assert response.status_code == 200, response.text
+            return response.json()["choices"][0]["message"]["content"]
+
+        work = [(model, prompt) for model in expected for prompt in PROMPTS]
+        with ThreadPoolExecutor(len(work)) as pool:  # adapters and base, all at once
+            served = dict(zip(work, pool.map(ask, work), strict=True))
+    for (model, prompt), text in served.items():
+        assert text == expected[model][prompt], (model, prompt)
+
+
+def test_adapters_that_are_not_additive_low_rank_are_refused(
+    base_model_dir: Path, tmp_path: Path
+) -> None:
+    from maap_trainer.export import ExportError
+    from maap_trainer.export.lora_adapter import read_peft_adapter
+
+    dora = make_fine_tune(base_model_dir, tmp_path, "dora", seed=3, rank=4, use_dora=True)
+    with pytest.raises(ExportError, match=r"^export.adapter: DoRA adapters rescale"):
+        read_peft_adapter(base_model_dir, dora.adapter)
+    head = make_fine_tune(base_model_dir, tmp_path, "head", seed=4, rank=4,
+                          modules_to_save=["lm_head"])  # fmt: skip
+    with pytest.raises(ExportError, match=r"^export.adapter: the adapter trains whole modules"):
+        read_peft_adapter(base_model_dir, head.adapter)
