@@ -91,3 +91,9 @@ def test_training_inputs_are_immutable_but_serving_is_not() -> None:
     # A field-level rule adds to the model's own rules instead of replacing them.
     model_rules = [v["rule"] for v in spec["properties"]["model"]["x-kubernetes-validations"]]
     assert "has(self.preset) != has(self.path)" in model_rules
+
+
+def test_cross_section_rules_sit_on_the_spec() -> None:
+    spec = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    messages = [v["message"] for v in spec.get("x-kubernetes-validations", [])]
+    assert any("qlora cannot run under deepspeed" in m for m in messages), messages

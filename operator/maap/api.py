@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from maap_trainer.config import (
+    SPEC_CEL_RULES,
     CamelModel,
     DatasetSpec,
     DeepSpeedSpec,
@@ -101,6 +102,9 @@ def immutable(name: str) -> dict[str, Any]:
 
 
 class FineTuneJobSpec(CamelModel):
+    # Rules across sections (e.g. QLoRA under DeepSpeed) belong to the spec as a whole.
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": SPEC_CEL_RULES})
+
     # What was trained on, and how, cannot change under a running pipeline; serving,
     # suspend, deadlines and placement of future pods can.
     model: ModelSource = Field(json_schema_extra=immutable("model"))
