@@ -97,6 +97,7 @@ def serve_figures(model_dir: Path, tokens: int, clients: int, log: Path) -> dict
         body = {
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": tokens,
+            "min_tokens": tokens,  # every answer is exactly `tokens` long: comparable rates
             "temperature": 0,
             "stream": True,
             "stream_options": {"include_usage": True},

@@ -6,6 +6,7 @@ the ONNX model must reproduce.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,3 +172,31 @@ def test_classify_endpoint_serves_both_tasks_like_pytorch(exported: dict, tmp_pa
     assert [t["label"] for t in tokens] == pytorch_labels(ner, [sentence])[0]
     for entity in reply["data"][0]["entities"]:
         assert sentence[entity["start"] : entity["end"]] == entity["text"]
+
+
+@pytest.mark.slow
+def test_export_stage_exports_a_classifier_job(exported: dict, tmp_path: Path) -> None:
+    import os
+
+    from maap_trainer.config import TrainerConfig
+    from maap_trainer.export import ExportError, run_export
+
+    from tests.conftest import EXAMPLES
+
+    seq, _, _ = exported["text-classification"]
+    os.symlink(seq.checkpoint, tmp_path / "merged")
+    job = {
+        "jobName": "tickets",
+        "model": {"preset": "all-minilm-l6-v2"},
+        "dataset": {"path": str(EXAMPLES / "support-tickets" / "train.jsonl")},
+        "training": {"task": "text-classification"},
+        "method": {"type": "full"},
+        "outputDir": str(tmp_path),
+    }
+    with pytest.raises(ExportError, match=r"^export\.precision: int4 is for generative"):
+        run_export(TrainerConfig.model_validate(job))  # the default precision
+    info = run_export(TrainerConfig.model_validate({**job, "export": {"precision": "int8"}}))
+    assert info["task"] == "text-classification" and info["labels"] == SEQ_LABELS
+    assert info["parity"]["passed"] and info["parity"]["texts"] >= 5, info["parity"]
+    assert (tmp_path / "onnx" / "maap_classifier.json").is_file()
+    assert json.loads((tmp_path / "export.json").read_text())["parity"] == info["parity"]

@@ -73,8 +73,9 @@ def run_gate(
     it is held to the agreement and perplexity thresholds rather than exact equality.
     """
     torch_side = TorchSide(merged)
-    onnx_side = OnnxSide(exported, adapter)
     texts, source = eval_texts(cfg, torch_side.tokenizer)
     label = cfg.export.precision if adapter is None else f"{cfg.export.precision}+adapter"
-    result = compare(torch_side, onnx_side, label, cfg.export.parity, texts, source)
+    result = compare(
+        torch_side, lambda: OnnxSide(exported, adapter), label, cfg.export.parity, texts, source
+    )
     return judge(result, cfg.export.parity)

@@ -16,7 +16,7 @@ under its perplexity increase.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,13 +172,20 @@ class TorchSide:
 
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+        self.model: Any = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
         self.model.eval()
         config = self.model.generation_config
         eos = config.eos_token_id if config.eos_token_id is not None else []
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(self.tokenizer.eos_token_id)
+
+    def release(self) -> None:
+        """Free the model's memory (the tokenizer stays)."""
+        self.model = None
+        import gc
+
+        gc.collect()
 
     def greedy(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
         torch = self.torch
@@ -197,16 +204,30 @@ class TorchSide:
             )
         return out[0, len(prompt_ids) :].tolist()
 
-    def nll(self, text: ScoredText) -> tuple[float, int]:
+    def nll(self, texts: list[ScoredText], batch_size: int = 8) -> tuple[float, int]:
+        """Summed next-token loss and the scored-token count, a padded batch at a time."""
         torch = self.torch
-        ids = torch.tensor([text.input_ids])
-        with torch.no_grad():
-            logits = self.model(ids).logits[0, :-1].float()
-        targets = torch.tensor(text.labels[1:])
-        keep = targets != -100
-        logprobs = torch.log_softmax(logits, dim=-1)
-        picked = logprobs[torch.arange(len(targets)), targets.clamp(min=0)]
-        return float(-(picked[keep]).sum()), int(keep.sum())
+        total, count = 0.0, 0
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            width = max(len(t.input_ids) for t in batch)
+            ids = torch.zeros((len(batch), width), dtype=torch.long)
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, text in enumerate(batch):  # right padding: real positions are unchanged
+                n = len(text.input_ids)
+                ids[row, :n] = torch.tensor(text.input_ids)
+                labels[row, :n] = torch.tensor(text.labels)
+                mask[row, :n] = 1
+            with torch.no_grad():
+                logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            targets = labels[:, 1:]
+            keep = targets != -100
+            logprobs = torch.log_softmax(logits, dim=-1)
+            picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            total += float(-(picked[keep]).sum())
+            count += int(keep.sum())
+        return total, count
 
 
 class OnnxSide:
@@ -266,25 +287,38 @@ class OnnxSide:
 
 def compare(
     torch_side: TorchSide,
-    onnx_side: OnnxSide,
+    open_onnx: Callable[[], OnnxSide],
     precision: str,
     spec: ParitySpec,
     texts: list[ScoredText],
     text_source: str,
 ) -> ParityResult:
-    """Measure everything the gate looks at (the thresholds are applied by `judge`)."""
+    """Measure everything the gate looks at (the thresholds are applied by `judge`).
+
+    PyTorch runs first and is released before ONNX Runtime loads: the two never hold memory
+    together, and ONNX Runtime's spinning worker threads never compete with PyTorch's.
+    """
     import time
 
     started = time.monotonic()
-    prompts = render_prompts(torch_side.tokenizer, spec.prompts or DEFAULT_PROMPTS)
+    tokenizer = torch_side.tokenizer
+    prompts = render_prompts(tokenizer, spec.prompts or DEFAULT_PROMPTS)
+    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    references = [torch_side.greedy(ids, spec.max_new_tokens) for ids in prompt_ids]
+    nll_torch, tokens = torch_side.nll(texts)
+    if tokens == 0:
+        raise ExportError("export.parity: the perplexity texts have no token to score")
+    torch_side.release()
+
+    onnx_side = open_onnx()
     exact = reproduced = total = agreed = positions = 0
     tokenizer_matches = True
     first_mismatch: str | None = None
-    for index, prompt in enumerate(prompts):
-        prompt_ids = torch_side.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        tokenizer_matches &= onnx_side.encode(prompt) == list(prompt_ids)
-        reference = torch_side.greedy(prompt_ids, spec.max_new_tokens)
-        candidate = onnx_side.greedy(prompt_ids, spec.max_new_tokens)
+    for index, (prompt, ids, reference) in enumerate(
+        zip(prompts, prompt_ids, references, strict=True)
+    ):
+        tokenizer_matches &= onnx_side.encode(prompt) == list(ids)
+        candidate = onnx_side.greedy(ids, spec.max_new_tokens)
         same = _common_prefix(reference, candidate)
         if candidate == reference:
             exact += 1
@@ -293,19 +327,11 @@ def compare(
         reproduced += same
         total += len(reference)
         if reference:
-            predicted = onnx_side.logits(prompt_ids + reference).argmax(axis=-1)
-            window = predicted[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(reference)]
+            predicted = onnx_side.logits(ids + reference).argmax(axis=-1)
+            window = predicted[len(ids) - 1 : len(ids) - 1 + len(reference)]
             agreed += int((window == onnx_side.np.asarray(reference)).sum())
             positions += len(reference)
-    nll_torch = nll_onnx = 0.0
-    tokens = 0
-    for text in texts:
-        loss, count = torch_side.nll(text)
-        nll_torch += loss
-        tokens += count
-        nll_onnx += onnx_side.nll(text)[0]
-    if tokens == 0:
-        raise ExportError("export.parity: the perplexity texts have no token to score")
+    nll_onnx = sum(onnx_side.nll(text)[0] for text in texts)
     return ParityResult(
         precision=precision,
         prompts=len(prompts),

@@ -30,6 +30,10 @@ from maap_trainer.serve.textstream import StopMatcher
 
 log = logging.getLogger("maap.serve.scheduler")
 
+# How long a static batch waits for the rest of a burst before it starts (cost: at most
+# this much added to one lone request's time to first token).
+ADMISSION_WINDOW_SECONDS = 0.02
+
 
 class QueueFull(Exception):
     """Every batch slot and queue place is taken."""
@@ -46,6 +50,7 @@ class GenerationFailed(Exception):
 @dataclass(frozen=True)
 class SamplingOptions:
     max_tokens: int
+    min_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 50
@@ -271,19 +276,39 @@ class Scheduler:
                         self._lock.wait()
                     if self._stopping and not self._busy() and not self._incoming:
                         return
+                    self._gather_burst()
                     incoming = list(self._incoming)
                     self._incoming.clear()
                     cancelled = list(self._cancelled)
                     self._cancelled.clear()
-                for generation in cancelled:
-                    self._cancel(generation)
                 for generation in incoming:
-                    self._start(generation)
+                    if generation in cancelled:  # gone before it started
+                        _Decoder(generation, self.runtime, self._finished).finish("cancelled")
+                    else:
+                        self._start(generation)
+                for generation in cancelled:
+                    if generation.finished_at is None:
+                        self._cancel(generation)
                 self._step_engine()
                 self._step_generators()
         except Exception as exc:  # a broken runtime: fail everything, refuse new work
             log.exception("the generation loop failed")
             self._fail_all(f"{type(exc).__name__}: {exc}")
+
+    def _gather_burst(self) -> None:
+        """With the lock held: when a static batch is about to start, wait a moment for more.
+
+        A burst of requests arrives over a few milliseconds; the first alone would start a
+        batch of one and the rest would wait for it to finish.
+        """
+        if self.runtime.dynamic_batching or self._engine_slots or not self._incoming:
+            return
+        deadline = time.monotonic() + ADMISSION_WINDOW_SECONDS
+        while len(self._incoming) < self.max_batch_size and not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._lock.wait(left)
 
     def _finished(self, generation: Generation) -> None:
         with self._lock:
@@ -316,6 +341,8 @@ class Scheduler:
         request = self._engine.create_request()
         turn_options = og.TurnOptions(request)
         turn_options.set_max_generated_tokens(options.max_tokens)
+        if options.min_tokens:
+            turn_options.set_min_generated_tokens(options.min_tokens)
         turn_options.set_do_sample(not options.greedy)
         if not options.greedy:
             turn_options.set_temperature(options.temperature)
@@ -339,6 +366,8 @@ class Scheduler:
             ),
             "do_sample": not options.greedy,
         }
+        if options.min_tokens:
+            search["min_length"] = generation.prompt_tokens + options.min_tokens
         if not options.greedy:
             search.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k)
             if options.seed is not None:

@@ -251,8 +251,15 @@ def sampling_options(
             param=prompt_param,
             code="context_length_exceeded",
         )
+    if body.min_tokens > max_tokens:
+        raise APIError(
+            400,
+            f"min_tokens: {body.min_tokens} is above max_tokens ({max_tokens})",
+            param="min_tokens",
+        )
     return SamplingOptions(
         max_tokens=max_tokens,
+        min_tokens=body.min_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
         top_k=body.top_k,
