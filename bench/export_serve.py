@@ -1,7 +1,7 @@
 """Benchmark: export per precision (time, size, parity) and serving throughput.
 
-    python bench/export_serve.py --merged DIR --dataset examples/pirate-chat/train.jsonl \
-        --out /tmp/bench [--precisions fp32 int8 int4] [--clients 8] [--tokens 64]
+    python bench/export_serve.py --merged DIR --out /tmp/bench [--runs 3] [--parity] \
+        [--precisions fp32 int8 int4] [--serve-precisions int4 fp32] [--clients 1 4 8]
 
 Every serving figure is measured against a baseline taken in the same run on the same
 machine: PyTorch fp32 `generate` on the merged checkpoint for decode speed, one client at
@@ -36,7 +36,11 @@ PROMPTS = [
 ]
 
 
-def export_all(merged: Path, dataset: Path, out: Path, precisions: list[str]) -> dict[str, Any]:
+def export_all(
+    merged: Path, dataset: Path, out: Path, precisions: list[str], runs: int, parity: bool
+) -> dict[str, Any]:
+    """Export each precision `runs` times (build time and size); the parity gate, if asked,
+    runs once per precision (it is mostly PyTorch time, and deterministic)."""
     from maap_trainer.config import TrainerConfig
     from maap_trainer.export import run_export
 
@@ -46,103 +50,131 @@ def export_all(merged: Path, dataset: Path, out: Path, precisions: list[str]) ->
         job.mkdir(parents=True, exist_ok=True)
         if not (job / "merged").exists():
             os.symlink(merged.resolve(), job / "merged")
-        cfg = TrainerConfig.model_validate(
-            {
-                "jobName": "bench",
-                "model": {"path": str(merged)},
-                "dataset": {"path": str(dataset)},
-                "export": {"precision": precision},
-                "outputDir": str(job),
-            }
-        )
-        started = time.monotonic()
-        info = run_export(cfg)
+        builds, sizes, gate = [], [], None
+        for i in range(runs):
+            cfg = TrainerConfig.model_validate(
+                {
+                    "jobName": "bench",
+                    "model": {"path": str(merged)},
+                    "dataset": {"path": str(dataset)},
+                    "export": {"precision": precision, "parity": {"enabled": parity and i == 0}},
+                    "outputDir": str(job),
+                }
+            )
+            info = run_export(cfg)
+            builds.append(info["seconds"])
+            sizes.append(info["sizeBytes"])
+            gate = gate or info.get("parity")
         results[precision] = {
-            "totalSeconds": round(time.monotonic() - started, 1),
-            "buildSeconds": info["seconds"],
-            "sizeBytes": info["sizeBytes"],
-            "parity": info.get("parity"),
+            "buildSeconds": spread(builds),
+            "sizeBytes": sizes[-1],
+            "parity": gate,
         }
-        print(f"{precision}: {json.dumps(results[precision])}", file=sys.stderr)
+        print(f"{precision}: {json.dumps(results[precision])}", file=sys.stderr, flush=True)
     return results
 
 
-def pytorch_decode(merged: Path, tokens: int, prompts: list[str]) -> dict[str, float]:
+def spread(values: list[float]) -> dict[str, float]:
+    return {
+        "min": round(min(values), 3),
+        "median": round(statistics.median(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def pytorch_decode(merged: Path, tokens: int, prompts: list[str], runs: int) -> dict[str, Any]:
+    """Greedy `generate` on the merged fp32 checkpoint, one prompt at a time: time to first
+    token (a 1-token generate) and decode rate (the other tokens over the rest of the time)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(merged)
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
-    generated, seconds = 0, 0.0
+
+    def timed(ids: Any, n: int) -> float:
+        started = time.monotonic()
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                           pad_token_id=tokenizer.eos_token_id)  # fmt: skip
+        return time.monotonic() - started
+
+    encoded = []
     for prompt in prompts:
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
-        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
-        started = time.monotonic()
-        with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens,
-                                 do_sample=False, pad_token_id=tokenizer.eos_token_id)  # fmt: skip
-        seconds += time.monotonic() - started
-        generated += out.shape[1] - ids.shape[1]
-    return {"tokensPerSecond": round(generated / seconds, 1), "tokens": generated}
+        encoded.append(tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids)
+    timed(encoded[0], 4)  # warm-up
+    rates, firsts = [], []
+    for _ in range(runs):
+        first = [timed(ids, 1) for ids in encoded]
+        whole = [timed(ids, tokens) for ids in encoded]
+        rates.append((tokens - 1) * len(encoded) / (sum(whole) - sum(first)))
+        firsts.append(statistics.median(first))
+    return {"decodeTokensPerSecond": spread(rates), "timeToFirstToken": spread(firsts)}
 
 
-def serve_figures(model_dir: Path, tokens: int, clients: int, log: Path) -> dict[str, Any]:
+def stream_one(api: str, prompt: str, tokens: int) -> dict[str, float]:
     import httpx
 
+    body = {
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": tokens,
+        "min_tokens": tokens,  # every answer is exactly `tokens` long: comparable rates
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.monotonic()
+    first = None
+    completion = 0
+    with httpx.stream("POST", f"{api}/chat/completions", json=body, timeout=600) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line.removeprefix("data: "))
+            if chunk.get("usage"):
+                completion = chunk["usage"]["completion_tokens"]
+            elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                first = time.monotonic()
+    ended = time.monotonic()
+    first = first or ended
+    return {
+        "tokens": completion,
+        "ttft": first - started,
+        "decode": (completion - 1) / (ended - first) if ended > first else 0.0,
+        "seconds": ended - started,
+    }
+
+
+def serve_figures(
+    model_dir: Path, tokens: int, client_counts: list[int], runs: int, log: Path
+) -> dict[str, Any]:
+    """For each number of concurrent clients, `runs` bursts: all clients send at once."""
     from tests.serving import running_server
 
-    def one(prompt: str) -> tuple[int, float, float]:
-        body = {
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": tokens,
-            "min_tokens": tokens,  # every answer is exactly `tokens` long: comparable rates
-            "temperature": 0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        started = time.monotonic()
-        first = None
-        completion = 0
-        with httpx.stream("POST", f"{srv.api}/chat/completions", json=body, timeout=600) as r:
-            for line in r.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line.removeprefix("data: "))
-                if chunk.get("usage"):
-                    completion = chunk["usage"]["completion_tokens"]
-                elif (
-                    first is None
-                    and chunk["choices"]
-                    and chunk["choices"][0]["delta"].get("content")
-                ):
-                    first = time.monotonic() - started
-        return completion, first or 0.0, time.monotonic() - started
-
-    with running_server(model_dir, log, "--max-batch-size", str(clients)) as srv:
-        one(PROMPTS[0])  # warm-up
-        sequential = [one(p) for p in PROMPTS[:clients]]
-        seq_tokens = sum(s[0] for s in sequential)
-        seq_seconds = sum(s[2] for s in sequential)
-        started = time.monotonic()
-        with ThreadPoolExecutor(clients) as pool:
-            together = list(pool.map(one, PROMPTS[:clients]))
-        wall = time.monotonic() - started
-        con_tokens = sum(s[0] for s in together)
-    return {
-        "singleClient": {
-            "tokensPerSecond": round(seq_tokens / seq_seconds, 1),
-            "medianTimeToFirstToken": round(statistics.median(s[1] for s in sequential), 3),
-            "tokens": seq_tokens,
-        },
-        "concurrent": {
-            "clients": clients,
-            "aggregateTokensPerSecond": round(con_tokens / wall, 1),
-            "medianTimeToFirstToken": round(statistics.median(s[1] for s in together), 3),
-            "tokens": con_tokens,
-        },
-    }
+    figures: dict[str, Any] = {}
+    with running_server(model_dir, log, "--max-batch-size", str(max(client_counts))) as srv:
+        stream_one(srv.api, PROMPTS[0], tokens)  # warm-up
+        for clients in client_counts:
+            aggregate, ttft, decode = [], [], []
+            for _ in range(runs):
+                started = time.monotonic()
+                with ThreadPoolExecutor(clients) as pool:
+                    done = list(
+                        pool.map(lambda p: stream_one(srv.api, p, tokens), PROMPTS[:clients])
+                    )
+                wall = time.monotonic() - started
+                aggregate.append(sum(d["tokens"] for d in done) / wall)
+                ttft.append(statistics.median(d["ttft"] for d in done))
+                decode.append(statistics.median(d["decode"] for d in done))
+            figures[str(clients)] = {
+                "aggregateTokensPerSecond": spread(aggregate),
+                "medianTimeToFirstToken": spread(ttft),
+                "medianStreamDecodeTokensPerSecond": spread(decode),
+            }
+            print(f"{model_dir} x{clients}: {figures[str(clients)]}", file=sys.stderr, flush=True)
+    return figures
 
 
 def main() -> None:
@@ -151,31 +183,55 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=REPO / "examples/pirate-chat/train.jsonl")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "int8", "int4"])
-    parser.add_argument("--serve-precision", default="int4")
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--serve-precisions", nargs="+", default=["int4", "fp32"])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--parity", action="store_true", help="run the parity gate once each")
     parser.add_argument("--skip-export", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    import onnxruntime
+    import onnxruntime_genai
+    import torch
+
     report: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()}",
+        "versions": {
+            "onnxruntime": onnxruntime.__version__,
+            "onnxruntime-genai": onnxruntime_genai.__version__,
+            "torch": torch.__version__,
+        },
         "merged": str(args.merged),
+        "runs": args.runs,
+        "tokensPerAnswer": args.tokens,
     }
     if not args.skip_export:
-        report["export"] = export_all(args.merged, args.dataset, args.out, args.precisions)
-    served = args.out / f"export-{args.serve_precision}" / "onnx"
-    report["serving"] = {
-        "precision": args.serve_precision,
-        **serve_figures(served, args.tokens, args.clients, args.out / "serve.log"),
-    }
-    report["pytorchBaseline"] = pytorch_decode(args.merged, args.tokens, PROMPTS[:4])
-    single = report["serving"]["singleClient"]["tokensPerSecond"]
-    report["ratios"] = {
-        "onnxSingleVsPytorch": round(single / report["pytorchBaseline"]["tokensPerSecond"], 2),
-        "concurrentVsSingle": round(
-            report["serving"]["concurrent"]["aggregateTokensPerSecond"] / single, 2
-        ),
-    }
+        report["export"] = export_all(
+            args.merged, args.dataset, args.out, args.precisions, args.runs, args.parity
+        )
+    report["pytorchBaseline"] = pytorch_decode(args.merged, args.tokens, PROMPTS[:4], args.runs)
+    baseline = report["pytorchBaseline"]["decodeTokensPerSecond"]["median"]
+    report["serving"] = {}
+    report["ratios"] = {}
+    for precision in args.serve_precisions:
+        served = args.out / f"export-{precision}" / "onnx"
+        figures = serve_figures(
+            served, args.tokens, args.clients, args.runs, args.out / f"serve-{precision}.log"
+        )
+        report["serving"][precision] = figures
+        one = figures[str(min(args.clients))]
+        most = figures[str(max(args.clients))]
+        report["ratios"][precision] = {
+            "singleStreamDecodeVsPytorch": round(
+                one["medianStreamDecodeTokensPerSecond"]["median"] / baseline, 2
+            ),
+            f"aggregate{max(args.clients)}VsOne": round(
+                most["aggregateTokensPerSecond"]["median"]
+                / one["aggregateTokensPerSecond"]["median"],
+                2,
+            ),
+        }
     report["loadAfter"] = os.getloadavg()
     print(json.dumps(report, indent=2))
 

@@ -140,3 +140,56 @@ def write_rank_report(output_dir: Path, report: dict[str, Any]) -> None:
 def read_rank_reports(output_dir: Path) -> list[dict[str, Any]]:
     folder = output_dir / RANKS_DIR
     return [json.loads(p.read_text("utf-8")) for p in sorted(folder.glob("rank-*.json"))]
+
+
+def _rss_high_water_mark() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def peak_memory_recorder() -> Any:
+    """Peak memory of the training loop alone (not loading, evaluating first, or saving),
+    what a pod's memory request must cover: the resident set's high-water mark on CPU
+    (reset through /proc/self/clear_refs when training starts), allocated bytes on GPU."""
+    from transformers import TrainerCallback
+
+    class PeakMemory(TrainerCallback):
+        def __init__(self) -> None:
+            self.peak_bytes: int | None = None
+            self.kind = "rss"
+            self.first_step = 0
+
+        def _reset(self) -> None:
+            import torch
+
+            if torch.cuda.is_available():
+                self.kind = "cuda-allocated"
+                torch.cuda.reset_peak_memory_stats()
+                return
+            try:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                self.kind = "rss-since-start"  # cannot reset: includes loading
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.first_step = state.global_step
+            self._reset()
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.global_step == self.first_step:
+                self._reset()  # the eval on start is not training
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            import torch
+
+            if self.kind == "cuda-allocated":
+                self.peak_bytes = int(torch.cuda.max_memory_allocated())
+            else:
+                self.peak_bytes = _rss_high_water_mark()
+
+    return PeakMemory()

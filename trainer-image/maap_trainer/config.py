@@ -234,7 +234,8 @@ class TrainingSpec(CamelModel):
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     precision: TrainPrecision = Field(
         default="auto",
-        description="auto: bf16 on GPUs that have it, else fp16 on GPU; fp32 on CPU.",
+        description="auto: bf16 on GPUs that have it, else fp16 on GPU; on CPU, bf16 autocast "
+        "over fp32 weights where the CPU has AVX512-BF16/AMX (not under DeepSpeed), else fp32.",
     )
     seed: int = 42
     logging_steps: int = Field(default=5, ge=1)

@@ -21,6 +21,7 @@ from maap_trainer.artifacts import save_artifacts
 from maap_trainer.callbacks import (
     RANKS_DIR,
     eval_recorder,
+    peak_memory_recorder,
     progress_callback,
     rank_report,
     read_rank_reports,
@@ -37,7 +38,8 @@ from maap_trainer.config import TrainerConfig
 from maap_trainer.data import load_dataset
 from maap_trainer.deepspeed_config import build_deepspeed_config, zero_stage_of
 from maap_trainer.errors import ConfigError
-from maap_trainer.methods import build_model, count_parameters
+from maap_trainer.loss import SupervisedPositionsLoss, supervised_loss_trainer
+from maap_trainer.methods import CAUSAL_LM, build_model, count_parameters
 from maap_trainer.model_prep import prepare_base_model
 from maap_trainer.progress import ProgressReport, write_progress
 from maap_trainer.tasks import TaskData, prepare_task
@@ -48,17 +50,41 @@ METRICS_FILE = "metrics.json"
 EVAL_BEFORE_FILE = "eval-before.json"
 
 
-def resolve_precision(requested: str, on_gpu: bool) -> str:
-    """bf16 where the GPU has it, else fp16; fp32 on CPU (half precision is slow there)."""
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """AVX512-BF16 or AMX: the CPU multiplies bf16 in hardware (elsewhere it is emulated,
+    and slower than fp32)."""
+    try:
+        flags = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(
+    requested: str, on_gpu: bool, deepspeed: bool = False, cpu_bf16: bool | None = None
+) -> str:
+    """auto: bf16 where the GPU has it, else fp16; on CPU, bf16 autocast where the CPU
+    multiplies bf16 natively (fp32 master weights; see bench/RESULTS.md), else fp32.
+    DeepSpeed on CPU stays fp32: its bf16 mode keeps bf16 weights."""
+    if cpu_bf16 is None:
+        cpu_bf16 = not on_gpu and cpu_has_native_bf16()
     if requested == "auto":
         if not on_gpu:
-            return "fp32"
+            return "bf16" if cpu_bf16 and not deepspeed else "fp32"
         import torch
 
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if requested != "fp32" and not on_gpu:
-        raise ConfigError(f"training.precision: {requested} needs a GPU; use auto or fp32 on CPU")
-    return requested
+    if on_gpu or requested == "fp32":
+        return requested
+    if requested == "bf16" and cpu_bf16 and not deepspeed:
+        return requested
+    if requested == "bf16" and cpu_bf16:
+        why = "under DeepSpeed on CPU is not supported (DeepSpeed's bf16 keeps bf16 weights)"
+    elif requested == "bf16":
+        why = "needs a GPU or a CPU with AVX512-BF16/AMX"
+    else:
+        why = "needs a GPU"
+    raise ConfigError(f"training.precision: {requested} {why}; use auto or fp32 on CPU")
 
 
 def training_arguments(
@@ -150,7 +176,9 @@ def run_training(cfg: TrainerConfig) -> dict[str, Any]:
     from transformers import AutoTokenizer, Trainer, set_seed
 
     on_gpu = torch.cuda.is_available()
-    precision = resolve_precision(cfg.training.precision, on_gpu)
+    precision = resolve_precision(cfg.training.precision, on_gpu, cfg.deepspeed.enabled)
+    # On CPU, bf16 is autocast over fp32 weights, so the merged model keeps full precision.
+    weights = precision if on_gpu else "fp32"
     if cfg.method.type != "full" and cfg.method.lora.init == "loftq" and not on_gpu:
         # peft computes the LoftQ decomposition on a CUDA (or XPU) device, nowhere else.
         raise ConfigError("method.lora.init: loftq needs a GPU; on CPU use pissa or default")
@@ -184,22 +212,30 @@ def run_training(cfg: TrainerConfig) -> dict[str, Any]:
         configured,
         eval_on_start=bool(data.eval) and cached_before is None,
     )
-    model = build_model(cfg, base, data.head, precision)
+    model = build_model(cfg, base, data.head, weights)
     trainable, total = count_parameters(model)
     if main and cfg.method.lora.init == "pissa" and cfg.method.type != "full":
         _save_initial_adapter(model, ckpt_root)
 
     # Eval before training runs once per job: a resumed run reuses the first run's.
     recorder = eval_recorder(ckpt_root / EVAL_BEFORE_FILE)
-    trainer = Trainer(
+    memory = peak_memory_recorder()
+    # Causal LM: the output head and the loss run on the labelled positions only (loss.py).
+    supervised = SupervisedPositionsLoss() if data.head is CAUSAL_LM else None
+    trainer_class = Trainer
+    if supervised is not None:
+        supervised.attach(model)
+        trainer_class = supervised_loss_trainer(supervised)
+    trainer = trainer_class(
         model=model,
+        compute_loss_func=supervised,
         args=args,
         train_dataset=data.train,
         eval_dataset=data.eval or None,
         data_collator=data.collator,
         processing_class=tokenizer,
         compute_metrics=data.compute_metrics,
-        callbacks=[progress_callback(output_dir), marker_callback(), recorder],
+        callbacks=[progress_callback(output_dir), marker_callback(), recorder, memory],
     )
     world = int(trainer.args.world_size)
     if world != distributed.world_size():
@@ -220,12 +256,14 @@ def run_training(cfg: TrainerConfig) -> dict[str, Any]:
 
     if main:
         write_progress(output_dir, ProgressReport(stage="saving", message="saving the model"))
-    save_artifacts(trainer, cfg, base, data.head, tokenizer, output_dir, precision, ds_config)
+    save_artifacts(trainer, cfg, base, data.head, tokenizer, output_dir, weights, ds_config)
     if not main:
         return {}
     metrics = _metrics(
         cfg, trainer, result, data, splits.format, base, runtime, before, after, trainable, total
     )
+    metrics["peakTrainingMemoryBytes"] = memory.peak_bytes
+    metrics["peakTrainingMemoryKind"] = memory.kind
     metrics["resumedFromStep"] = checkpoint_step(resume_from) if resume_from else None
     metrics["distributed"] = {
         "worldSize": world,
