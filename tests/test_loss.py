@@ -127,3 +127,25 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
     info.write_text("flags\t\t: fpu avx2 fma\n")
     assert not cpu_has_native_bf16(info)
     assert not cpu_has_native_bf16(tmp_path / "missing")
+
+
+def test_training_arguments_group_by_length_unless_extra_args_say_otherwise(tmp_path: Path):
+    from maap_trainer.config import TrainerConfig
+    from maap_trainer.train import training_arguments
+
+    def arguments(training: dict, precision: str = "fp32"):
+        cfg = TrainerConfig.model_validate(
+            {
+                "jobName": "t",
+                "model": {"preset": "smollm2-135m-instruct"},
+                "dataset": {"path": "data.jsonl"},
+                "training": training,
+                "outputDir": str(tmp_path),
+            }
+        )
+        return training_arguments(cfg, tmp_path, precision, False, None, False, False)
+
+    assert arguments({}).train_sampling_strategy == "group_by_length"
+    undone = arguments({"extraArgs": {"train_sampling_strategy": "random"}})
+    assert undone.train_sampling_strategy == "random"
+    assert arguments({}, "bf16").bf16 and not arguments({}).bf16

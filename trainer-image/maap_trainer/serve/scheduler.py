@@ -30,9 +30,12 @@ from maap_trainer.serve.textstream import StopMatcher
 
 log = logging.getLogger("maap.serve.scheduler")
 
-# How long a static batch waits for the rest of a burst before it starts (cost: at most
-# this much added to one lone request's time to first token).
-ADMISSION_WINDOW_SECONDS = 0.02
+# A static batch waits for the rest of a burst before it starts: until no request has
+# arrived for ADMISSION_QUIET_SECONDS (what a lone request's time to first token pays), and
+# never longer than ADMISSION_MAX_SECONDS in all. Concurrent clients' requests reach the
+# queue spread over tens of milliseconds (connection, parsing, tokenizing on shared cores).
+ADMISSION_QUIET_SECONDS = 0.015
+ADMISSION_MAX_SECONDS = 0.1
 
 
 class QueueFull(Exception):
@@ -296,19 +299,23 @@ class Scheduler:
             self._fail_all(f"{type(exc).__name__}: {exc}")
 
     def _gather_burst(self) -> None:
-        """With the lock held: when a static batch is about to start, wait a moment for more.
+        """With the lock held: when a static batch is about to start, wait for the burst.
 
-        A burst of requests arrives over a few milliseconds; the first alone would start a
-        batch of one and the rest would wait for it to finish.
+        The first request of a burst would otherwise start a batch alone, and the rest would
+        wait for it to finish: on a static engine a batch admits no newcomer.
         """
         if self.runtime.dynamic_batching or self._engine_slots or not self._incoming:
             return
-        deadline = time.monotonic() + ADMISSION_WINDOW_SECONDS
+        started = time.monotonic()
+        seen, last_arrival = len(self._incoming), started
         while len(self._incoming) < self.max_batch_size and not self._stopping:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if len(self._incoming) != seen:
+                seen, last_arrival = len(self._incoming), now
+            left = min(last_arrival + ADMISSION_QUIET_SECONDS, started + ADMISSION_MAX_SECONDS)
+            if left - now <= 0:
                 return
-            self._lock.wait(left)
+            self._lock.wait(left - now)
 
     def _finished(self, generation: Generation) -> None:
         with self._lock:
