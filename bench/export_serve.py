@@ -4,8 +4,9 @@
         [--precisions fp32 int8 int4] [--serve-precisions int4 fp32] [--clients 1 4 8]
 
 Every serving figure is measured against a baseline taken in the same run on the same
-machine: PyTorch fp32 `generate` on the merged checkpoint for decode speed, one client at
-a time for the concurrent aggregate. Prints one JSON document; bench/RESULTS.md records runs.
+machine: PyTorch fp32 `generate` on the merged checkpoint for decode speed and time to
+first token, one client for the concurrent aggregates (1, 4 and 8 clients, each a burst
+repeated --runs times). Prints one JSON document; bench/RESULTS.md records runs.
 """
 
 from __future__ import annotations
