@@ -42,17 +42,19 @@ def base_checkpoint() -> str:
     return prepare_base_model(ModelSource(preset="smollm2-135m-instruct"))
 
 
+def run_logged(command: list[str], log: Path) -> None:
+    """One benchmark run in a fresh process, its stderr kept in `log`."""
+    with log.open("w") as err:
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=err)
+
+
 def run_baseline(base: str, train: Path, rows: int, work: Path) -> dict[str, Any]:
     out = work / "baseline.json"
     script = REPO / "bench" / "baselines" / "plain_trainer_peft.py"
     held = DATA / "heldout.jsonl"
-    command = f"{script} --model {base} --train {train} --eval {held} --rows {rows} --out {out}"
-    subprocess.run(
-        [sys.executable, *command.split()],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=(work / "baseline.log").open("w"),
-    )
+    command = [sys.executable, str(script), "--model", base, "--train", str(train),
+               "--eval", str(held), "--rows", str(rows), "--out", str(out)]  # fmt: skip
+    run_logged(command, work / "baseline.log")
     return json.loads(out.read_text())
 
 
@@ -76,11 +78,9 @@ def run_maap(base: str, train: Path, precision: str, work: Path) -> dict[str, An
     }
     path = work / f"maap-{precision}.json"
     path.write_text(json.dumps(config))
-    subprocess.run(
+    run_logged(
         [sys.executable, "-m", "maap_trainer", "train", "--config", str(path)],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=(work / f"maap-{precision}.log").open("w"),
+        work / f"maap-{precision}.log",
     )
     m = json.loads((output / "metrics.json").read_text())
     return {

@@ -23,7 +23,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from maap.rbac import RULES, rules_by_scope
-from test_operator import Cluster, finetunejob, free_port, wait_until
+from test_operator import Cluster, MaapProcess, finetunejob, free_port, wait_until
 
 from tests.test_chart import CHART, VALUES_MATRIX, helm_binary, kube_version
 
@@ -202,35 +202,17 @@ def test_helm_install_all_namespaces_and_uninstall(
 OPERATOR_PYTHON = os.environ.get("MAAP_OPERATOR_PYTHON", sys.executable)
 
 
-class ChartOperator:
+class ChartOperator(MaapProcess):
     """`maap operator` with the args and env of the chart's Deployment, as its ServiceAccount."""
 
     def __init__(self, container: client.V1Container, kubeconfig: Path, log: Path) -> None:
         assert container.command == ["maap"]
+        super().__init__(kubeconfig, log)
         self.args = list(container.args)
         self.env = {e.name: e.value for e in container.env if e.value is not None}
-        self.kubeconfig, self.log_path = kubeconfig, log
-        self.child: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig)}
-        with self.log_path.open("ab") as log:
-            self.child = subprocess.Popen(
-                [OPERATOR_PYTHON, "-m", "maap.cli", *self.args],
-                stdout=log, stderr=subprocess.STDOUT, env=env,
-            )  # fmt: skip
-
-    def stop(self) -> None:
-        if self.child and self.child.poll() is None:
-            self.child.terminate()
-            try:
-                self.child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.child.kill()
-                self.child.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+        self.spawn(OPERATOR_PYTHON, self.args, self.env)
 
 
 def token_kubeconfig(control_plane, core, sa: str, namespace: str, path: Path) -> Path:

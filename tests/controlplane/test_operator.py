@@ -24,40 +24,25 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from maap.api import GROUP, PLURAL, VERSION
 
+from tests.conftest import free_port
+
 GPU_NODE = "maap-gpu-0"
 
 
-def free_port() -> int:
-    import socket
+class MaapProcess:
+    """A `python -m maap.cli ...` child process against the control plane, logging to a file."""
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class OperatorProcess:
     def __init__(self, kubeconfig: Path, log_path: Path) -> None:
         self.kubeconfig, self.log_path = kubeconfig, log_path
         self.child: subprocess.Popen[bytes] | None = None
-        self.progress_port = free_port()
-        self.metrics_port = free_port()
-        self.liveness_port = free_port()
 
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "MAAP_RECONCILE_INTERVAL": "1",
-            "MAAP_PROGRESS_PORT": str(self.progress_port),
-            "MAAP_PROGRESS_URL": f"http://127.0.0.1:{self.progress_port}",
-        }
-        log = self.log_path.open("ab")
-        self.child = subprocess.Popen(
-            [sys.executable, "-m", "maap.cli", "operator",
-             "--liveness-port", str(self.liveness_port),
-             "--metrics-port", str(self.metrics_port)],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+    def spawn(self, python: str, args: list[str], env: dict[str, str]) -> None:
+        full_env = {**os.environ, **env, "KUBECONFIG": str(self.kubeconfig)}
+        with self.log_path.open("ab") as log:
+            self.child = subprocess.Popen(
+                [python, "-m", "maap.cli", *args],
+                stdout=log, stderr=subprocess.STDOUT, env=full_env,
+            )  # fmt: skip
 
     def stop(self) -> None:
         if self.child and self.child.poll() is None:
@@ -70,6 +55,28 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
+
+
+class OperatorProcess(MaapProcess):
+    """`maap operator` with a 1 s reconcile timer and its own free ports."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+        super().__init__(kubeconfig, log_path)
+        self.progress_port = free_port()
+        self.metrics_port = free_port()
+        self.liveness_port = free_port()
+
+    def start(self) -> None:
+        self.spawn(
+            sys.executable,
+            ["operator", "--liveness-port", str(self.liveness_port),
+             "--metrics-port", str(self.metrics_port)],
+            {
+                "MAAP_RECONCILE_INTERVAL": "1",
+                "MAAP_PROGRESS_PORT": str(self.progress_port),
+                "MAAP_PROGRESS_URL": f"http://127.0.0.1:{self.progress_port}",
+            },
+        )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
