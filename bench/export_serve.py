@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from runstats import spread
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -73,14 +75,6 @@ def export_all(
         }
         print(f"{precision}: {json.dumps(results[precision])}", file=sys.stderr, flush=True)
     return results
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {
-        "min": round(min(values), 3),
-        "median": round(statistics.median(values), 3),
-        "max": round(max(values), 3),
-    }
 
 
 def pytorch_decode(merged: Path, tokens: int, prompts: list[str], runs: int) -> dict[str, Any]:

@@ -23,12 +23,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from runstats import spread
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "examples" / "pirate-chat"
@@ -92,10 +93,6 @@ def run_maap(base: str, train: Path, precision: str, work: Path) -> dict[str, An
         "steps": m["steps"],
         "precision": m["distributed"]["precision"],
     }
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
 def main() -> None:
