@@ -171,6 +171,11 @@ class Progress(CamelModel):
     loss: float | None = None
     tokens_per_second: float | None = None
     eta_seconds: int | None = None
+    resumed_from_step: int | None = Field(
+        default=None,
+        description="The checkpoint step the running training resumed from, after its pod "
+        "was stopped (preemption, eviction, node loss) and replaced.",
+    )
 
 
 class Artifacts(CamelModel):

@@ -1,118 +1,58 @@
 """Pure builders: FineTuneJob -> the Kubernetes objects of each stage, as plain dicts.
 
-No API calls here, so every object can be tested without a cluster. Every object is
-labelled `app.kubernetes.io/*`, named after the FineTuneJob, and owned by it (deleting
-the FineTuneJob garbage-collects everything).
+No API calls here, so every object can be tested without a cluster. Names, labels and
+owner references come from objectmeta.py, the pods' common parts from podspec.py.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from maap_trainer.config import TrainerConfig
-from maap_trainer.presets import PRESETS
 
-from maap.api import API_VERSION, KIND, FineTuneJob
+from maap.api import FineTuneJob
+from maap.objectmeta import (
+    JOB_LABEL,
+    Names,
+    object_metadata,
+    owner_reference,
+    pod_metadata,
+    selector_labels,
+)
+from maap.podspec import (
+    CONFIG_MOUNT,
+    CONTAINER_SECURITY_CONTEXT,
+    EXIT_PREEMPTED,
+    EXIT_USER_ERROR,
+    OUTPUT_DIR,
+    POD_SECURITY_CONTEXT,
+    SERVING_GRACE_SECONDS,
+    SERVING_PRESTOP_SECONDS,
+    TRAINING_GRACE_SECONDS,
+    WORKSPACE,
+    OperatorSettings,
+    claim_name,
+    common_env,
+    placement,
+    pod_volumes,
+    stage_container,
+    stage_pod_spec,
+)
 
-CONFIG_MOUNT = "/etc/maap"
-WORKSPACE = "/workspace"
-OUTPUT_DIR = f"{WORKSPACE}/output"
+__all__ = [
+    "JOB_LABEL",
+    "OUTPUT_DIR",
+    "WORKSPACE",
+    "Names",
+    "OperatorSettings",
+    "claim_name",
+    "owner_reference",
+]
+
 MASTER_PORT = 29500
-GPU_RESOURCE = "nvidia.com/gpu"
-JOB_LABEL = "maap.dev/finetunejob"
 SERVING_TOKEN_ENV = "MAAP_SERVING_TOKEN"
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
-
-
-@dataclass(frozen=True)
-class OperatorSettings:
-    """What the operator's deployment decides, not the user: images, pull policy."""
-
-    trainer_image: str = "maap-trainer:0.1.0"
-    image_pull_policy: str = "IfNotPresent"
-    service_account: str | None = None
-    # Base URL of the operator's progress endpoint as pods reach it (its Service).
-    progress_url: str | None = None
-
-
-@dataclass(frozen=True)
-class Names:
-    job: str
-
-    @property
-    def config(self) -> str:
-        return f"{self.job}-config"
-
-    @property
-    def artifacts(self) -> str:
-        return f"{self.job}-artifacts"
-
-    @property
-    def train(self) -> str:
-        return f"{self.job}-train"
-
-    @property
-    def export(self) -> str:
-        return f"{self.job}-export"
-
-    @property
-    def server(self) -> str:
-        return f"{self.job}-server"
-
-    @property
-    def progress_secret(self) -> str:
-        return f"{self.job}-progress"
-
-    @property
-    def serving_auth_secret(self) -> str:
-        return f"{self.job}-serving-auth"
-
-
-def labels(job: FineTuneJob, component: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "maap",
-        "app.kubernetes.io/instance": job.metadata.name,
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/part-of": "maap",
-        "app.kubernetes.io/managed-by": "maap-operator",
-        JOB_LABEL: job.metadata.name,
-    }
-
-
-def selector_labels(job: FineTuneJob, component: str) -> dict[str, str]:
-    return {JOB_LABEL: job.metadata.name, "app.kubernetes.io/component": component}
-
-
-def pod_metadata(job: FineTuneJob, component: str) -> dict[str, Any]:
-    placement = job.spec.placement
-    meta: dict[str, Any] = {"labels": {**placement.pod_labels, **labels(job, component)}}
-    if placement.pod_annotations:
-        meta["annotations"] = dict(placement.pod_annotations)
-    return meta
-
-
-def owner_reference(job: FineTuneJob, uid: str) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": job.metadata.name,
-        "uid": uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
-def _metadata(job: FineTuneJob, uid: str, name: str, component: str) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "name": name,
-        "labels": labels(job, component),
-        "ownerReferences": [owner_reference(job, uid)],
-    }
-    if job.metadata.namespace:
-        meta["namespace"] = job.metadata.namespace
-    return meta
 
 
 def build_progress_secret(job: FineTuneJob, uid: str, token: str) -> dict[str, Any]:
@@ -120,7 +60,7 @@ def build_progress_secret(job: FineTuneJob, uid: str, token: str) -> dict[str, A
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _metadata(job, uid, Names(job.metadata.name).progress_secret, "progress"),
+        "metadata": object_metadata(job, uid, Names(job.metadata.name).progress_secret, "progress"),
         "type": "Opaque",
         "stringData": {"token": token},
     }
@@ -141,7 +81,9 @@ def build_serving_auth_secret(job: FineTuneJob, uid: str, token: str) -> dict[st
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _metadata(job, uid, Names(job.metadata.name).serving_auth_secret, "server"),
+        "metadata": object_metadata(
+            job, uid, Names(job.metadata.name).serving_auth_secret, "server"
+        ),
         "type": "Opaque",
         "stringData": {"token": token},
     }
@@ -162,10 +104,6 @@ def progress_env(job: FineTuneJob, settings: OperatorSettings) -> list[dict[str,
     ]
 
 
-def claim_name(job: FineTuneJob) -> str:
-    return job.spec.storage.existing_claim or Names(job.metadata.name).artifacts
-
-
 def trainer_config(job: FineTuneJob) -> TrainerConfig:
     """The data-plane config in the cluster: paths inside the pod's workspace volume."""
     cfg = job.spec.trainer_config(job.metadata.name, OUTPUT_DIR)
@@ -180,7 +118,7 @@ def build_config_map(job: FineTuneJob, uid: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(job, uid, Names(job.metadata.name).config, "config"),
+        "metadata": object_metadata(job, uid, Names(job.metadata.name).config, "config"),
         "data": {"config.json": json.dumps(config, indent=2, sort_keys=True)},
     }
 
@@ -199,102 +137,9 @@ def build_pvc(job: FineTuneJob, uid: str) -> dict[str, Any] | None:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": _metadata(job, uid, Names(job.metadata.name).artifacts, "artifacts"),
+        "metadata": object_metadata(job, uid, Names(job.metadata.name).artifacts, "artifacts"),
         "spec": spec,
     }
-
-
-def _volumes(job: FineTuneJob, read_only: bool = False) -> tuple[list, list]:
-    names = Names(job.metadata.name)
-    volumes = [
-        {"name": "config", "configMap": {"name": names.config}},
-        {
-            "name": "workspace",
-            "persistentVolumeClaim": {"claimName": claim_name(job), "readOnly": read_only},
-        },
-    ]
-    mounts = [
-        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
-        {"name": "workspace", "mountPath": WORKSPACE, "readOnly": read_only},
-    ]
-    return volumes, mounts
-
-
-def _common_env() -> list[dict[str, Any]]:
-    return [
-        {"name": "MAAP_CACHE_DIR", "value": f"{WORKSPACE}/.cache/maap"},
-        {"name": "HF_HOME", "value": f"{WORKSPACE}/.cache/huggingface"},
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-    ]
-
-
-def _resources(job: FineTuneJob, with_gpus: bool) -> dict[str, Any]:
-    res = job.spec.resources
-    requests = {k: str(v) for k, v in res.requests.items()}
-    preset = PRESETS.get(job.spec.model.preset or "")
-    if preset is not None and "memory" not in requests:
-        # Without a request the scheduler may pack the pod where the model cannot fit.
-        requests["memory"] = f"{preset.min_memory_gib_cpu}Gi"
-    limits = {k: str(v) for k, v in res.limits.items()}
-    if with_gpus and res.gpus:
-        limits[GPU_RESOURCE] = str(res.gpus)
-        requests[GPU_RESOURCE] = str(res.gpus)
-    out: dict[str, Any] = {}
-    if requests:
-        out["requests"] = requests
-    if limits:
-        out["limits"] = limits
-    return out
-
-
-def _placement(job: FineTuneJob) -> dict[str, Any]:
-    placement = job.spec.placement
-    out: dict[str, Any] = {}
-    if placement.node_selector:
-        out["nodeSelector"] = dict(placement.node_selector)
-    if placement.tolerations:
-        out["tolerations"] = list(placement.tolerations)
-    if placement.affinity:
-        out["affinity"] = dict(placement.affinity)
-    return out
-
-
-def _stage_container(
-    job: FineTuneJob, settings: OperatorSettings, stage: str, env: list, with_gpus: bool
-) -> dict[str, Any]:
-    _, mounts = _volumes(job)
-    return {
-        "name": stage,
-        "image": settings.trainer_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": [
-            "python",
-            "-m",
-            "maap_trainer",
-            stage,
-            "--config",
-            f"{CONFIG_MOUNT}/config.json",
-        ],
-        "env": _common_env() + env,
-        "resources": _resources(job, with_gpus),
-        "volumeMounts": mounts,
-        # The stage writes one readable line there on failure; the operator shows it.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-
-
-def _pod_spec(job: FineTuneJob, settings: OperatorSettings, container: dict) -> dict[str, Any]:
-    volumes, _ = _volumes(job)
-    spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "containers": [container],
-        "volumes": volumes,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
-        **_placement(job),
-    }
-    if settings.service_account:
-        spec["serviceAccountName"] = settings.service_account
-    return spec
 
 
 def processes_per_node(job: FineTuneJob) -> int:
@@ -330,13 +175,18 @@ def build_training_job(job: FineTuneJob, uid: str, settings: OperatorSettings) -
             {"name": "NODE_RANK", "value": "0"},
         ]
     env += progress_env(job, settings)
-    container = _stage_container(job, settings, "train", env, with_gpus=True)
+    container = stage_container(job, settings, "train", env, with_gpus=True)
     if nodes > 1:
         container["ports"] = [{"name": "rendezvous", "containerPort": MASTER_PORT}]
-    pod_spec = _pod_spec(job, settings, container)
+    pod_spec = stage_pod_spec(job, settings, container)
+    pod_spec["terminationGracePeriodSeconds"] = TRAINING_GRACE_SECONDS
     spec: dict[str, Any] = {
         "backoffLimit": job.spec.backoff_limit,
         "suspend": job.spec.suspend,
+        "podFailurePolicy": training_failure_policy(),
+        # The replacement of a stopped pod starts once it has exited, i.e. after it saved
+        # its checkpoint: never two pods writing the same checkpoints.
+        "podReplacementPolicy": "Failed",
         "template": {"metadata": pod_metadata(job, "trainer"), "spec": pod_spec},
     }
     if job.spec.active_deadline_seconds:
@@ -351,8 +201,31 @@ def build_training_job(job: FineTuneJob, uid: str, settings: OperatorSettings) -
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(job, uid, names.train, "trainer"),
+        "metadata": object_metadata(job, uid, names.train, "trainer"),
         "spec": spec,
+    }
+
+
+def training_failure_policy() -> dict[str, Any]:
+    """Which pod failures count against backoffLimit (the first matching rule wins).
+
+    A pod stopped by SIGTERM saves a checkpoint and exits EXIT_PREEMPTED; a pod evicted or
+    preempted carries the DisruptionTarget condition: neither is the run's fault, and the
+    replacement resumes. A user error (exit 2: bad data or config) fails the Job at once:
+    retrying it cannot help. Anything else is retried up to backoffLimit."""
+
+    def exit_codes(action: str, *codes: int) -> dict[str, Any]:
+        return {
+            "action": action,
+            "onExitCodes": {"containerName": "train", "operator": "In", "values": list(codes)},
+        }
+
+    return {
+        "rules": [
+            exit_codes("Ignore", EXIT_PREEMPTED),
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            exit_codes("FailJob", EXIT_USER_ERROR),
+        ]
     }
 
 
@@ -364,7 +237,7 @@ def build_headless_service(job: FineTuneJob, uid: str) -> dict[str, Any] | None:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(job, uid, names.train, "trainer"),
+        "metadata": object_metadata(job, uid, names.train, "trainer"),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
@@ -376,16 +249,16 @@ def build_headless_service(job: FineTuneJob, uid: str) -> dict[str, Any] | None:
 
 def build_export_job(job: FineTuneJob, uid: str, settings: OperatorSettings) -> dict[str, Any]:
     """ONNX export runs on CPU: same placement, no GPU request."""
-    container = _stage_container(job, settings, "export", [], with_gpus=False)
+    container = stage_container(job, settings, "export", [], with_gpus=False)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(job, uid, Names(job.metadata.name).export, "exporter"),
+        "metadata": object_metadata(job, uid, Names(job.metadata.name).export, "exporter"),
         "spec": {
             "backoffLimit": job.spec.backoff_limit,
             "template": {
                 "metadata": pod_metadata(job, "exporter"),
-                "spec": _pod_spec(job, settings, container),
+                "spec": stage_pod_spec(job, settings, container),
             },
         },
     }
@@ -396,7 +269,7 @@ def build_serving_deployment(
 ) -> dict[str, Any]:
     names = Names(job.metadata.name)
     port = job.spec.serving.port
-    volumes, mounts = _volumes(job, read_only=True)
+    volumes, mounts = pod_volumes(job, read_only=True)
     # Serving settings (port, batching, queue, limits) come from the job's config.json.
     serve_command = [
         *("python", "-m", "maap_trainer", "serve"),
@@ -404,7 +277,7 @@ def build_serving_deployment(
         *("--model-dir", f"{OUTPUT_DIR}/onnx"),
         *("--model-name", job.metadata.name),
     ]
-    env = _common_env()
+    env = common_env()
     auth_secret = serving_auth_secret_name(job)
     if auth_secret:
         serve_command += ["--auth-token-env", SERVING_TOKEN_ENV]
@@ -421,27 +294,37 @@ def build_serving_deployment(
         "command": serve_command,
         "env": env,
         "ports": [{"name": "http", "containerPort": port}],
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2},
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},
             "initialDelaySeconds": 10,
             "periodSeconds": 10,
         },
         "volumeMounts": mounts,
+        "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
+        # Stay in the Service until every kube-proxy has dropped this pod, then drain.
+        "lifecycle": {"preStop": {"sleep": {"seconds": SERVING_PRESTOP_SECONDS}}},
     }
     pod_spec = {
         "containers": [container],
         "volumes": volumes,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
+        "securityContext": dict(POD_SECURITY_CONTEXT),
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": SERVING_GRACE_SECONDS,
         # Serving is CPU inference with ONNX Runtime: no GPU, but the user's placement.
-        **_placement(job),
+        **placement(job),
     }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(job, uid, names.server, "server"),
+        "metadata": object_metadata(job, uid, names.server, "server"),
         "spec": {
             "replicas": job.spec.serving.replicas,
+            # A new server is Ready before an old one stops: no capacity lost mid-rollout.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
             "selector": {"matchLabels": selector_labels(job, "server")},
             "template": {"metadata": pod_metadata(job, "server"), "spec": pod_spec},
         },
@@ -453,7 +336,7 @@ def build_serving_service(job: FineTuneJob, uid: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(job, uid, Names(job.metadata.name).server, "server"),
+        "metadata": object_metadata(job, uid, Names(job.metadata.name).server, "server"),
         "spec": {
             "selector": selector_labels(job, "server"),
             "ports": [{"name": "http", "port": port, "targetPort": "http"}],

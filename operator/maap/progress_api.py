@@ -36,6 +36,7 @@ def status_progress(report: ProgressReport) -> dict[str, Any]:
         ("loss", report.loss),
         ("tokensPerSecond", report.tokens_per_second),
         ("etaSeconds", report.eta_seconds),
+        ("resumedFromStep", report.resumed_from_step),
     ):
         if value is not None:
             out[key] = round(value, 4) if isinstance(value, float) else value

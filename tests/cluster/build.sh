@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the binaries of the test control plane from Go modules into a cache dir outside
 # the repo, keyed by versions.env:
-#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, helm
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, helm,
+#   and for the real node (tests/cluster/node.py): kubelet, kube-proxy, containerd, ctr,
+#   containerd-shim-runc-v2, coredns
 # Skips everything when all binaries are already there.
 #
 #   bash tests/cluster/build.sh                  # build (or reuse) the binaries
@@ -15,7 +17,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
 
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm
+  kubelet kube-proxy containerd ctr containerd-shim-runc-v2 coredns)
 
 # The cache key hashes the KEY=VALUE lines only, so comments can change freely.
 key="$(grep -E '^[A-Za-z_][A-Za-z0-9_]*=' "$here/versions.env" | LC_ALL=C sort | sha256sum | cut -c1-12)"
@@ -106,7 +109,7 @@ fi
 
 # --- Kubernetes: k8s.io/kubernetes requires its staging modules at v0.0.0 (replaced by
 # ./staging in its own go.mod), so a wrapper module replaces each with v0.<minor>.<patch>.
-k8s_bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+k8s_bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 need_k8s=0
 for b in "${k8s_bins[@]}"; do [[ -x "$bin/$b" ]] || need_k8s=1; done
 if (( need_k8s )); then
@@ -180,6 +183,29 @@ if [[ ! -x "$bin/helm" ]]; then
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION")
   mv -f "$d/helm" "$bin/helm"
   log "[helm] done"
+fi
+
+# --- containerd (daemon, ctr client, runc shim) and CoreDNS: plain modules too. Pure Go
+# builds; the btrfs snapshotter (cgo) is left out, the node uses overlayfs.
+go_install_into() {  # go_install_into NAME PKG@VERSION [go install flags...]
+  local name="$1" pkg="$2"; shift 2
+  local d="$src/gobin-$name"
+  mkdir -p "$d"
+  (cd "$d" && GOBIN="$d" go_ install -p 2 "$@" "$pkg")
+  mv -f "$d/$name" "$bin/$name"
+}
+for b in containerd ctr containerd-shim-runc-v2; do
+  if [[ ! -x "$bin/$b" ]]; then
+    log "[$b] $CONTAINERD_VERSION"
+    go_install_into "$b" "github.com/containerd/containerd/v2/cmd/$b@$CONTAINERD_VERSION" \
+      -tags no_btrfs -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION"
+    log "[$b] done"
+  fi
+done
+if [[ ! -x "$bin/coredns" ]]; then
+  log "[coredns] $COREDNS_VERSION"
+  go_install_into coredns "github.com/coredns/coredns@$COREDNS_VERSION" -ldflags "-s -w"
+  log "[coredns] done"
 fi
 
 all_present || { echo "build finished but binaries are missing in $bin" >&2; exit 1; }

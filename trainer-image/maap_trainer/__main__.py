@@ -7,8 +7,9 @@
     python -m maap_trainer export-adapter --adapter-dir D --base-checkpoint D --base-onnx D
                                           --output FILE.onnx_adapter
 
-A user error exits 2 with one line on stderr and in the termination log; anything else
-exits 1 with the traceback in the log and its last line in the termination message.
+A user error exits 2 with one line on stderr and in the termination log; a training stage
+stopped by SIGTERM saves a checkpoint and exits 75 (preemption.py); anything else exits 1
+with the traceback in the log and its last line in the termination message.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from maap_trainer.config import TrainerConfig
-from maap_trainer.errors import ConfigError, UserError, write_termination_message
+from maap_trainer.errors import (
+    ConfigError,
+    TrainingPreempted,
+    UserError,
+    write_termination_message,
+)
 from maap_trainer.serve.launch import add_serve_arguments
 
 EXIT_USER_ERROR = 2
@@ -110,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         write_termination_message(message)
         _report_to_launcher(message)
         return EXIT_USER_ERROR
+    except TrainingPreempted as exc:
+        from maap_trainer.preemption import EXIT_PREEMPTED
+
+        print(f"maap: {exc}", file=sys.stderr)
+        write_termination_message(str(exc))
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

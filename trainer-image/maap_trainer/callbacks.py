@@ -59,6 +59,7 @@ def progress_callback(output_dir: Path) -> Any:
                     # Tokens of every rank (the Trainer gathers the count).
                     tokens_per_second=round(tokens / elapsed, 1) if tokens > 0 else None,
                     eta_seconds=eta,
+                    resumed_from_step=self.first_step or None,
                 ),
             )
 

@@ -24,6 +24,13 @@ class ConfigError(UserError):
     pass
 
 
+class TrainingPreempted(Exception):
+    """The stage was stopped (SIGTERM) and saved what it could: the next pod resumes.
+
+    Not a failure: the stage exits with preemption.EXIT_PREEMPTED, which the training
+    Job's podFailurePolicy does not count against its backoffLimit."""
+
+
 TERMINATION_LOG_ENV = "MAAP_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
 

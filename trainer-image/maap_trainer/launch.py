@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from maap_trainer import distributed
+from maap_trainer.checkpoints import CHECKPOINTS_DIR, checkpoint_step, newest_complete
 from maap_trainer.config import TrainerConfig
 from maap_trainer.data import load_dataset
-from maap_trainer.errors import UserError
+from maap_trainer.errors import TrainingPreempted, UserError
 
 
 class WorkersFailed(RuntimeError):
@@ -56,9 +57,15 @@ def _launch(
         error_file = Path(f.name)
     env[distributed.WORKER_ERROR_ENV] = str(error_file)
     child = subprocess.Popen(command, env=env)
-    # A pod is stopped with SIGTERM: pass it on, so the workers stop (and a restarted pod
-    # resumes from the last checkpoint) instead of being orphaned.
-    previous = signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
+    # A pod is stopped with SIGTERM: pass it on, so the workers save a checkpoint and stop
+    # (and the next pod resumes from it) instead of being orphaned.
+    stopped: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        stopped.append(signum)
+        child.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, forward)
     try:
         returncode = child.wait()
     except KeyboardInterrupt:
@@ -69,6 +76,10 @@ def _launch(
         signal.signal(signal.SIGTERM, previous)
         reason = error_file.read_text(encoding="utf-8").strip() if error_file.exists() else ""
         error_file.unlink(missing_ok=True)
+    if stopped:
+        newest = newest_complete(output_dir / CHECKPOINTS_DIR)
+        saved = f"checkpoint-{checkpoint_step(newest)} saved" if newest else "no checkpoint yet"
+        raise TrainingPreempted(f"preempted (SIGTERM): {saved}; the next pod resumes from it")
     if returncode != 0:
         if reason:
             raise UserError(reason)

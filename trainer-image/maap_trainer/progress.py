@@ -31,6 +31,8 @@ class ProgressReport(CamelModel):
     loss: float | None = None
     tokens_per_second: float | None = None
     eta_seconds: int | None = None
+    # The checkpoint step this run resumed from (after a preemption or a crash).
+    resumed_from_step: int | None = None
     message: str = ""
     updated_at: float = Field(default_factory=time.time)
 

@@ -37,10 +37,11 @@ from maap_trainer.checkpoints import (
 from maap_trainer.config import TrainerConfig
 from maap_trainer.data import load_dataset
 from maap_trainer.deepspeed_config import build_deepspeed_config, zero_stage_of
-from maap_trainer.errors import ConfigError
+from maap_trainer.errors import ConfigError, TrainingPreempted
 from maap_trainer.loss import SupervisedPositionsLoss, supervised_loss_trainer
 from maap_trainer.methods import CAUSAL_LM, build_model, count_parameters
 from maap_trainer.model_prep import prepare_base_model
+from maap_trainer.preemption import PreemptionWatch
 from maap_trainer.progress import ProgressReport, write_progress
 from maap_trainer.tasks import TaskData, prepare_task
 
@@ -156,7 +157,18 @@ def _eval_summary(metrics: dict[str, float] | None) -> dict[str, float | None]:
 
 
 def run_training(cfg: TrainerConfig) -> dict[str, Any]:
-    """Train, evaluate before and after, save adapter + merged model, return the metrics."""
+    """Train, evaluate before and after, save adapter + merged model, return the metrics.
+
+    SIGTERM (a pod being stopped) saves a checkpoint at the next step boundary and raises
+    TrainingPreempted; the next run resumes from it (preemption.py)."""
+    watch = PreemptionWatch().install()
+    try:
+        return _run_training(cfg, watch)
+    finally:
+        watch.uninstall()
+
+
+def _run_training(cfg: TrainerConfig, watch: PreemptionWatch) -> dict[str, Any]:
     output_dir = Path(cfg.output_dir)
     main = distributed.rank() == 0
     if main:
@@ -238,7 +250,13 @@ def run_training(cfg: TrainerConfig) -> dict[str, Any]:
         data_collator=data.collator,
         processing_class=tokenizer,
         compute_metrics=data.compute_metrics,
-        callbacks=[progress_callback(output_dir), marker_callback(), recorder, memory],
+        callbacks=[
+            progress_callback(output_dir),
+            marker_callback(),
+            recorder,
+            memory,
+            watch.callback(),
+        ],
     )
     world = int(trainer.args.world_size)
     if world != distributed.world_size():
@@ -249,6 +267,21 @@ def run_training(cfg: TrainerConfig) -> dict[str, Any]:
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if watch.stopped_at_step is not None:
+        step = watch.stopped_at_step
+        if main:
+            write_progress(
+                output_dir,
+                ProgressReport(
+                    stage="preempted",
+                    step=step,
+                    total_steps=int(trainer.state.max_steps),
+                    message=f"stopped by SIGTERM; checkpoint-{step} saved",
+                ),
+            )
+        raise TrainingPreempted(
+            f"preempted at step {step}: checkpoint-{step} saved; the next pod resumes from it"
+        )
     runtime = time.monotonic() - (recorder.train_started or time.monotonic())
     before = cached_before or (recorder.history[0] if recorder.history else None)
     if main:
