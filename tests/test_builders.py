@@ -263,3 +263,64 @@ def test_serving_auth_secret_and_preset_memory_default() -> None:
         "containers"
     ][0]["resources"]
     assert resources["requests"]["memory"] == "4Gi"
+
+
+def _pod_specs(j) -> list[dict[str, Any]]:
+    return [
+        builders.build_training_job(j, UID, SETTINGS)["spec"]["template"]["spec"],
+        builders.build_export_job(j, UID, SETTINGS)["spec"]["template"]["spec"],
+        builders.build_serving_deployment(j, UID, SETTINGS)["spec"]["template"]["spec"],
+    ]
+
+
+def test_every_pod_meets_pod_security_restricted() -> None:
+    """The restricted profile's rules, field by field (the API server's admission checks
+    the same on the real control plane: tests/controlplane, tests/node)."""
+    for pod in _pod_specs(job(resources={"nodes": 2})):
+        security = pod["securityContext"]
+        assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+        for volume in pod["volumes"]:
+            assert set(volume) - {"name"} <= {"configMap", "persistentVolumeClaim", "emptyDir"}
+        writable = set()
+        for container in pod["containers"]:
+            ctx = container["securityContext"]
+            assert ctx["allowPrivilegeEscalation"] is False
+            assert ctx["capabilities"] == {"drop": ["ALL"]}
+            assert ctx["readOnlyRootFilesystem"] is True
+            assert "privileged" not in ctx and "ports" not in ctx
+            for port in container.get("ports", []):
+                assert "hostPort" not in port
+            writable |= {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env["HOME"] == "/tmp"
+        assert {"/tmp", "/dev/shm"} <= writable, "a read-only root needs writable scratch space"
+
+
+def test_training_job_survives_preemption_and_fails_fast_on_user_errors() -> None:
+    spec = builders.build_training_job(job(), UID, SETTINGS)["spec"]
+    assert spec["podReplacementPolicy"] == "Failed"
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "Ignore",
+        "onExitCodes": {"containerName": "train", "operator": "In", "values": [75]},
+    }
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert rules[2]["action"] == "FailJob" and rules[2]["onExitCodes"]["values"] == [2]
+    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] >= 60
+    assert spec["template"]["spec"]["restartPolicy"] == "Never", "podFailurePolicy needs it"
+
+
+def test_serving_rolls_without_losing_capacity_or_requests() -> None:
+    deployment = builders.build_serving_deployment(job(serving={"replicas": 2}), UID, SETTINGS)
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    prestop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    # The preStop sleep plus the server's 30 s drain fit in the grace period.
+    assert pod["terminationGracePeriodSeconds"] >= prestop + 30

@@ -344,6 +344,12 @@ def build_serving_service(job: FineTuneJob, uid: str) -> dict[str, Any]:
     }
 
 
+def selector(workload: dict[str, Any]) -> str:
+    """A Deployment's or Job's matchLabels as a label selector string."""
+    labels = workload["spec"]["selector"].get("matchLabels") or {}
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
 def service_endpoint(job: FineTuneJob) -> str:
     namespace = job.metadata.namespace or "default"
     server = Names(job.metadata.name).server

@@ -7,6 +7,7 @@ nothing is created twice (creation is get-or-create; 409 Conflict is success).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -17,7 +18,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from maap import builders, metrics
+from maap import blockers, builders, metrics
 from maap.api import GROUP, PLURAL, VERSION, FineTuneJob
 from maap.builders import OUTPUT_DIR, Names, OperatorSettings
 from maap.kube import Kube, load_config
@@ -175,7 +176,7 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch) -> None:
         extra["endpoint"] = builders.service_endpoint(job)
         if auth_secret := builders.serving_auth_secret_name(job):
             extra["authSecret"] = auth_secret
-    conditions = [_condition(c.type, c.status, c.reason, c.message) for c in decision.conditions]
+    conditions = list(decision.conditions)
     _write_status(body, patch, old_status, decision.phase, conditions, generation, extra)
 
 
@@ -189,21 +190,30 @@ def _expired(job: FineTuneJob, status: dict[str, Any]) -> bool:
 
 
 def observe(k: Kube, namespace: str, names: Names) -> Observed:
+    """The children's state; their pods and Events are read only while a stage stalls."""
+
     def job_state(name: str) -> JobState | None:
         raw = k.read_job(namespace, name)
         if raw is None:
             return None
         state = JobState.from_job(raw)
         if state.failed:
-            state = JobState.from_job(raw, k.failure_message(namespace, name))
+            return JobState.from_job(raw, k.failure_message(namespace, name))
+        if state.stalled:
+            blocker = blockers.first_blocker(k.list_pods(namespace, f"job-name={name}"))
+            if blocker is None and state.active == 0:
+                blocker = blockers.creation_blocker(k.list_events(namespace, "Job", name))
+            state = dataclasses.replace(state, blocker=blocker)
         return state
 
     deployment = k.read_deployment(namespace, names.server)
-    return Observed(
-        train=job_state(names.train),
-        export=job_state(names.export),
-        serving=DeploymentState.from_deployment(deployment) if deployment else None,
-    )
+    serving = DeploymentState.from_deployment(deployment) if deployment else None
+    if deployment is not None and serving is not None and serving.stalled:
+        blocker = blockers.deployment_blocker(deployment) or blockers.first_blocker(
+            k.list_pods(namespace, builders.selector(deployment))
+        )
+        serving = dataclasses.replace(serving, blocker=blocker)
+    return Observed(train=job_state(names.train), export=job_state(names.export), serving=serving)
 
 
 def _condition(type_: str, status: str, reason: str, message: str) -> ConditionUpdate:
@@ -215,7 +225,7 @@ def _write_status(
     patch: kopf.Patch,
     old: dict[str, Any],
     phase: str,
-    updates: list[Any],
+    updates: list[ConditionUpdate],
     generation: int | None,
     extra: dict[str, Any] | None = None,
 ) -> None:
@@ -238,6 +248,14 @@ def _write_status(
         patch.status.update(changed)
     meta = body["metadata"]
     metrics.record_phase(meta["namespace"], meta["name"], phase)
+    previous = {c["type"]: c for c in old.get("conditions") or []}
+    for update in updates:
+        before = previous.get(update.type) or {}
+        if update.warning and (
+            before.get("reason"),
+            before.get("message"),
+        ) != (update.reason, update.message):
+            kopf.warn(body, reason=update.reason, message=update.message)
     if old.get("phase") != phase:
         failed = next((c for c in conditions if c["type"] == "Failed"), None)
         if phase == "Failed" and failed:

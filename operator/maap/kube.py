@@ -69,6 +69,21 @@ class Kube:
                 return None
             raise
 
+    def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        response = self.core.list_namespaced_pod(
+            namespace, label_selector=label_selector, _preload_content=False
+        )
+        return list(json.loads(response.data).get("items") or [])
+
+    def list_events(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
+        """The Events about one object (e.g. a Job's FailedCreate)."""
+        response = self.core.list_namespaced_event(
+            namespace,
+            field_selector=f"involvedObject.kind={kind},involvedObject.name={name}",
+            _preload_content=False,
+        )
+        return list(json.loads(response.data).get("items") or [])
+
     def failure_message(self, namespace: str, job_name: str) -> str:
         """The termination message of the Job's most recent failed pod, if it left one."""
         pods = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from maap.api import FineTuneJob
+from maap.blockers import Blocker
 
 Stage = Literal["train", "export", "serving"]
 
@@ -25,8 +26,18 @@ class JobState:
     failed: bool = False
     suspended: bool = False
     active: int = 0
+    ready: int = 0
     reason: str = ""
     message: str = ""
+    # Why its pods do not run (observed only while they do not: see `stalled`).
+    blocker: Blocker | None = None
+
+    @property
+    def stalled(self) -> bool:
+        """Unfinished, and some pod is missing or not running yet."""
+        return not (self.succeeded or self.failed or self.suspended) and (
+            self.active == 0 or self.ready < self.active
+        )
 
     @classmethod
     def from_job(cls, job: dict[str, Any], failure_message: str = "") -> JobState:
@@ -40,6 +51,7 @@ class JobState:
             failed=failed is not None,
             suspended=bool((job.get("spec") or {}).get("suspend")),
             active=int(status.get("active") or 0),
+            ready=int(status.get("ready") or 0),
             reason=(failed or {}).get("reason", ""),
             message=failure_message or (failed or {}).get("message", ""),
         )
@@ -49,6 +61,11 @@ class JobState:
 class DeploymentState:
     replicas: int = 0
     ready: int = 0
+    blocker: Blocker | None = None
+
+    @property
+    def stalled(self) -> bool:
+        return self.ready < self.replicas
 
     @classmethod
     def from_deployment(cls, deployment: dict[str, Any]) -> DeploymentState:
@@ -72,6 +89,12 @@ class ConditionUpdate:
     status: Literal["True", "False", "Unknown"]
     reason: str
     message: str = ""
+    # Something a user must act on: also posted as a Warning Event when it appears.
+    warning: bool = False
+
+
+def blocked(type_: str, blocker: Blocker) -> ConditionUpdate:
+    return ConditionUpdate(type_, "False", blocker.reason, blocker.message, warning=True)
 
 
 @dataclass
@@ -108,6 +131,8 @@ def decide(job: FineTuneJob, seen: Observed) -> Decision:
                 "Suspended",
                 ConditionUpdate("Training", "False", "Suspended", "spec.suspend is true"),
             )
+        if train.blocker is not None:
+            return out("Pending", blocked("Training", train.blocker))
         if train.active == 0:
             return out(
                 "Pending",
@@ -139,6 +164,8 @@ def decide(job: FineTuneJob, seen: Observed) -> Decision:
             ConditionUpdate("Failed", "True", "ExportFailed", message),
         )
     if not export.succeeded:
+        if export.blocker is not None:
+            return out("Exporting", *trained, blocked("Exported", export.blocker))
         return out(
             "Exporting",
             *trained,
@@ -166,6 +193,8 @@ def decide(job: FineTuneJob, seen: Observed) -> Decision:
         ready = ConditionUpdate(
             "ServingReady", "True", "Ready", f"{serving.ready}/{serving.replicas} replicas ready"
         )
+    elif serving.blocker is not None:
+        ready = blocked("ServingReady", serving.blocker)
     else:
         ready = ConditionUpdate(
             "ServingReady", "False", "Starting", f"0/{serving.replicas} replicas ready"

@@ -22,9 +22,10 @@ RULES: list[tuple[list[str], list[str], list[str]]] = [
     ([""], ["secrets"], ["get", "create"]),  # the per-job progress token
     (["batch"], ["jobs"], ["get", "create", "patch"]),  # patch: spec.suspend
     (["apps"], ["deployments"], ["get", "create", "patch"]),  # patch: serving replicas
-    ([""], ["pods"], ["list"]),  # the failed pod's termination message
-    # Kopf: Events for users, and runtime discovery of namespaces and CRDs.
-    ([""], ["events"], ["create"]),
+    # A failed pod's termination message; why a stage's pods do not run (blockers.py).
+    ([""], ["pods"], ["list"]),
+    # Kopf's Events for users; list: a Job's FailedCreate warnings (e.g. Pod Security).
+    ([""], ["events"], ["create", "list"]),
     ([""], ["namespaces"], ["list", "watch"]),
     (["apiextensions.k8s.io"], ["customresourcedefinitions"], ["list", "watch"]),
 ]
