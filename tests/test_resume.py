@@ -72,3 +72,60 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     # Eval loss before is the base model's, from the first run, not the resumed model's.
     assert metrics["evalLossBefore"] == base_eval
     assert metrics["evalLossAfter"] < metrics["evalLossBefore"]
+
+
+def _progress_step(output: Path) -> int:
+    try:
+        report = json.loads((output / "progress.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return int(report.get("step") or 0) if report.get("stage") == "training" else 0
+
+
+def test_sigterm_saves_a_checkpoint_at_the_current_step_and_the_next_run_resumes_there(
+    tmp_path: Path,
+) -> None:
+    """A pod being stopped (SIGTERM, as the kubelet sends it) loses no finished step: the
+    run saves where it is, although no periodic checkpoint is due, and exits 75."""
+    data = write_jsonl(tmp_path / "short.jsonl", short_chat_rows(40))
+    config, output = trainer_config(
+        tmp_path, data, "preempt",
+        training={"maxSteps": 8, "checkpointSteps": 100, "batchSize": 2},
+    )  # fmt: skip
+    termination_log = tmp_path / "termination-log"
+    env = {**os.environ, "MAAP_TERMINATION_LOG": str(termination_log)}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "maap_trainer", "train", "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while _progress_step(output) < 2:
+            assert first.poll() is None, f"the run ended before step 2:\n{first.stderr.read()}"
+            assert time.monotonic() < deadline, "no second step within 10 minutes"
+            time.sleep(0.1)
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 75, stderr[-3000:]
+    checkpoints = output / "checkpoints"
+    saved = [p for p in checkpoints.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()]
+    assert len(saved) == 1, saved
+    step = int(saved[0].name.split("-")[1])
+    assert 2 <= step < 8, "saved at the step it was stopped at, before the end"
+    assert not (output / "metrics.json").exists()
+    message = termination_log.read_text().strip()
+    assert (
+        message
+        == f"preempted at step {step}: checkpoint-{step} saved; the next pod resumes from it"
+    )
+    assert json.loads((output / "progress.json").read_text())["stage"] == "preempted"
+
+    done = run_stage(config)
+    assert done.returncode == 0, done.stderr[-5000:]
+    metrics = metrics_of(output)
+    assert metrics["resumedFromStep"] == step
+    assert metrics["steps"] == 8
+    assert metrics["evalLossAfter"] < metrics["evalLossBefore"]
