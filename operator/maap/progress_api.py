@@ -28,19 +28,28 @@ TOKEN_KEY = "token"
 
 
 def status_progress(report: ProgressReport) -> dict[str, Any]:
+    """`status.progress` from a report. Every key is present (null when the report has no
+    value): the status is merge-patched, and a key left out would keep a stale value, e.g.
+    the ETA of the training stage after it ended."""
     out: dict[str, Any] = {"stage": report.stage, "step": report.step}
-    if report.total_steps:
-        out["totalSteps"] = report.total_steps
-        out["percent"] = report.percent
+    out["totalSteps"] = report.total_steps or None
+    out["percent"] = report.percent if report.total_steps else None
     for key, value in (
         ("loss", report.loss),
         ("tokensPerSecond", report.tokens_per_second),
         ("etaSeconds", report.eta_seconds),
         ("resumedFromStep", report.resumed_from_step),
     ):
-        if value is not None:
-            out[key] = round(value, 4) if isinstance(value, float) else value
+        out[key] = round(value, 4) if isinstance(value, float) else value
     return out
+
+
+def status_patch(report: ProgressReport) -> dict[str, Any]:
+    """The status merge patch of one report: progress, and the metrics once trained."""
+    status: dict[str, Any] = {"progress": status_progress(report)}
+    if report.metrics is not None:
+        status["metrics"] = report.metrics.to_json_dict()
+    return {"status": status}
 
 
 class ProgressReceiver:
@@ -58,9 +67,9 @@ class ProgressReceiver:
         raw = (secret.data or {}).get(TOKEN_KEY)
         return base64.b64decode(raw).decode() if raw else None
 
-    def _patch(self, namespace: str, name: str, progress: dict[str, Any]) -> None:
+    def _patch(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": {"progress": progress}}
+            GROUP, VERSION, namespace, PLURAL, name, patch
         )
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -76,7 +85,7 @@ class ProgressReceiver:
         except ValidationError as exc:
             return web.json_response({"error": str(exc.errors()[0]["msg"])}, status=400)
         try:
-            await asyncio.to_thread(self._patch, namespace, name, status_progress(report))
+            await asyncio.to_thread(self._patch, namespace, name, status_patch(report))
         except ApiException as exc:
             return web.json_response({"error": exc.reason}, status=exc.status or 502)
         return web.Response(status=204)

@@ -24,6 +24,17 @@ PROGRESS_TOKEN_ENV = "MAAP_PROGRESS_TOKEN"
 log = logging.getLogger("maap.progress")
 
 
+class TrainedMetrics(CamelModel):
+    """The training summary the operator copies into `status.metrics`."""
+
+    eval_loss_before: float | None = None
+    eval_loss_after: float | None = None
+    train_loss: float | None = None
+    train_runtime_seconds: float | None = None
+    trainable_parameters: int | None = None
+    total_parameters: int | None = None
+
+
 class ProgressReport(CamelModel):
     stage: str
     step: int = 0
@@ -34,6 +45,8 @@ class ProgressReport(CamelModel):
     # The checkpoint step this run resumed from (after a preemption or a crash).
     resumed_from_step: int | None = None
     message: str = ""
+    # Set once, on the final report of the train stage.
+    metrics: TrainedMetrics | None = None
     updated_at: float = Field(default_factory=time.time)
 
     @property

@@ -42,7 +42,7 @@ from maap_trainer.loss import SupervisedPositionsLoss, supervised_loss_trainer
 from maap_trainer.methods import CAUSAL_LM, build_model, count_parameters
 from maap_trainer.model_prep import prepare_base_model
 from maap_trainer.preemption import PreemptionWatch
-from maap_trainer.progress import ProgressReport, write_progress
+from maap_trainer.progress import ProgressReport, TrainedMetrics, write_progress
 from maap_trainer.tasks import TaskData, prepare_task
 
 log = logging.getLogger("maap.train")
@@ -313,7 +313,16 @@ def _run_training(cfg: TrainerConfig, watch: PreemptionWatch) -> dict[str, Any]:
     steps = int(trainer.state.global_step)
     write_progress(
         output_dir,
-        ProgressReport(stage="trained", step=steps, total_steps=steps, loss=metrics["trainLoss"]),
+        ProgressReport(
+            stage="trained",
+            step=steps,
+            total_steps=steps,
+            loss=metrics["trainLoss"],
+            resumed_from_step=metrics["resumedFromStep"],
+            metrics=TrainedMetrics.model_validate(
+                {key: metrics.get(key) for key in TrainedMetrics.model_json_schema()["properties"]}
+            ),
+        ),
     )
     return metrics
 
