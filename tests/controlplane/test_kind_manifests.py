@@ -1,27 +1,45 @@
-"""What tests/kind/e2e.sh applies, validated by the real API server (server-side dry run):
-the artifacts claim, the data-loader pod and the example FineTuneJob on that claim."""
+"""What the scenarios (tests/scenarios, run on kind and on the real node) apply, validated
+by the real API server with a server-side dry run in a Pod Security "restricted"
+namespace: the data claim, the helper pods, and every scenario's FineTuneJob."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
+import sys
 
-import yaml
+from tests.conftest import REPO
 
-from tests.test_kind import KIND_DIR, kustomized
+sys.path.insert(0, str(REPO / "tests" / "scenarios"))
+import run as scenarios
+from scenario_steps import RESTRICTED, Images, helper_pod
 
 
-def test_kind_manifests_pass_server_side_dry_run(control_plane, namespace, tmp_path: Path) -> None:
-    volume = (KIND_DIR / "data-volume.yaml").read_text()
-    manifest = tmp_path / "kind.yaml"
-    manifest.write_text(
-        volume.replace("MAAP_TRAINER_IMAGE", "maap-trainer:e2e")
-        + "---\n"
-        + yaml.safe_dump(kustomized())
-    )
+def test_scenario_manifests_pass_server_side_dry_run(control_plane, namespace) -> None:
+    labels = [f"{key}={value}" for key, value in RESTRICTED.items()]
+    control_plane.kubectl("label", "namespace", namespace, *labels, "--overwrite")
+    images = Images("maap-operator:e2e", "maap-trainer:e2e", "Never")
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    documents = [
+        claim,
+        helper_pod("loader", images, ["sleep", "3600"], "data"),
+        helper_pod("client", images, ["python", "-c", "pass"], None),
+        scenarios.example_job(scenarios.PIRATE, "data", training={"maxSteps": 24}),
+        scenarios.preemption_job("preempt"),
+        scenarios.two_pod_job("pair"),
+    ]
+    body = json.dumps({"apiVersion": "v1", "kind": "List", "items": documents})
+    manifest = control_plane.workdir / f"scenarios-{namespace}.json"
+    manifest.write_text(body)
     done = control_plane.kubectl(
         "apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", str(manifest),
         check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "violates PodSecurity" not in done.stderr
     created = [line for line in done.stdout.splitlines() if "(server dry run)" in line]
-    assert len(created) == 3, done.stdout
+    assert len(created) == len(documents), done.stdout

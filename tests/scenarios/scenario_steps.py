@@ -1,6 +1,6 @@
 """kubectl and helm against one cluster, and the steps every scenario shares.
 
-Used by the real-node tests (tests/node) and by tests/kind/e2e.sh through run.py, so the
+Used by the real-node tests (tests/node) and by tests/kind/e2e.sh through scenarios.py, so the
 same steps run on kind where Docker runs and on the real node built here. Standard
 library only: it drives the `kubectl` and `helm` binaries, as a user would.
 """

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The FineTuneJob scenarios on a real cluster: the same steps on kind and on our node.
 
-    python tests/scenarios/run.py --kubeconfig K [--context C] \
+    python tests/scenarios/scenarios.py --kubeconfig K [--context C] \
         --operator-image maap-operator:TAG --trainer-image maap-trainer:TAG \
         [--pull-policy Never] [pirate rolling preemption two-pods blockers cleanup]
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster import (
+from scenario_steps import (
     REPO,
     Cluster,
     Images,
@@ -55,6 +55,26 @@ def example_job(name: str, claim: str, **spec: Any) -> dict[str, Any]:
         current = doc["spec"].get(key)
         doc["spec"][key] = {**current, **value} if isinstance(current, dict) else value
     return doc
+
+
+def preemption_job(name: str) -> dict[str, Any]:
+    """Training only, no periodic checkpoint within its 10 steps: a resume at the step
+    the pod was stopped at can only come from the SIGTERM checkpoint."""
+    return example_job(
+        name, f"{name}-data",
+        training={"maxSteps": 10, "checkpointSteps": 1000, "loggingSteps": 1, "batchSize": 4},
+        export={"enabled": False}, serving={"enabled": False},
+    )  # fmt: skip
+
+
+def two_pod_job(name: str) -> dict[str, Any]:
+    return example_job(
+        name, f"{name}-data",
+        training={"maxSteps": 4, "batchSize": 4, "loggingSteps": 1},
+        deepspeed={"enabled": True, "zeroStage": 2},
+        resources={"nodes": 2},
+        export={"precision": "fp32"},
+    )  # fmt: skip
 
 
 def wait_phase(
@@ -216,12 +236,7 @@ def scenario_preemption(cluster: Cluster, ns: str, images: Images) -> dict[str, 
     pod resumes there, the job succeeds and eval loss still falls."""
     name = "preempt"
     data_claim(cluster, ns, f"{name}-data", images, PIRATE_DATA)
-    job = example_job(
-        name, f"{name}-data",
-        training={"maxSteps": 10, "checkpointSteps": 1000, "loggingSteps": 1, "batchSize": 4},
-        export={"enabled": False}, serving={"enabled": False},
-    )  # fmt: skip
-    cluster.apply(ns, job)
+    cluster.apply(ns, preemption_job(name))
     wait_for(
         "training at step 3",
         lambda: int((cluster.status(ns, name).get("progress") or {}).get("step") or 0) >= 3,
@@ -266,14 +281,7 @@ def scenario_two_pods(cluster: Cluster, ns: str, images: Images) -> dict[str, An
     headless Service's DNS name, each trains its shard; then export and serve."""
     name = "pair"
     data_claim(cluster, ns, f"{name}-data", images, PIRATE_DATA)
-    job = example_job(
-        name, f"{name}-data",
-        training={"maxSteps": 4, "batchSize": 4, "loggingSteps": 1},
-        deepspeed={"enabled": True, "zeroStage": 2},
-        resources={"nodes": 2},
-        export={"precision": "fp32"},
-    )  # fmt: skip
-    cluster.apply(ns, job)
+    cluster.apply(ns, two_pod_job(name))
     wait_phase(cluster, ns, name, {"Serving"}, 1800)
     pods = cluster.pods(ns, f"job-name={name}-train")
     indices = sorted(p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index")
@@ -371,7 +379,7 @@ SCENARIOS: dict[str, Callable[[Cluster, str, Images], dict[str, Any]]] = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS), choices=[*SCENARIOS, []])
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=", ".join(SCENARIOS))
     parser.add_argument("--kubeconfig")
     parser.add_argument("--context")
     parser.add_argument("--kubectl", default="kubectl")
@@ -382,13 +390,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--namespace", default="maap-scenarios")
     parser.add_argument("--skip-install", action="store_true")
     args = parser.parse_args(argv)
+    unknown = [name for name in args.scenarios if name not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
     cluster = Cluster(args.kubectl, args.helm, args.kubeconfig, args.context)
     images = Images(args.operator_image, args.trainer_image, args.pull_policy)
     try:
         if not args.skip_install:
             install_chart(cluster, images)
         restricted_namespace(cluster, args.namespace)
-        for name in args.scenarios:
+        for name in args.scenarios or SCENARIOS:
             started = time.monotonic()
             result = SCENARIOS[name](cluster, args.namespace, images)
             seconds = time.monotonic() - started
