@@ -10,7 +10,7 @@ import sys
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "tests" / "scenarios"))
-import run as scenarios
+import scenarios
 from scenario_steps import RESTRICTED, Images, helper_pod
 
 
