@@ -1,0 +1,113 @@
+"""The content keys of tests/cluster/images.py: an image is rebuilt exactly when what its
+Dockerfile copies in (or the Dockerfile, its build arguments, its base) changes.
+
+No buildah needed: the keys are hashes of files, computed on a throwaway git repository
+and on this one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "tests" / "cluster"))
+import images
+
+DOCKERFILE = """\
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+FROM ${PYTHON_IMAGE} AS build
+COPY req.txt req.txt
+COPY --chown=1000:1000 pkg \\
+     extra/tool.sh ./
+RUN echo built
+FROM ${PYTHON_IMAGE}
+COPY --from=build /src /src
+COPY ["data/one.json", "/etc/one.json"]
+"""
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+@pytest.fixture()
+def context(tmp_path: Path) -> Path:
+    files = {
+        "Dockerfile": DOCKERFILE,
+        "req.txt": "torch==2.15.0\n",
+        "pkg/__init__.py": "",
+        "pkg/core.py": "VALUE = 1\n",
+        "extra/tool.sh": "#!/bin/sh\n",
+        "data/one.json": "{}\n",
+        "data/two.json": "{}\n",
+        "unrelated.txt": "notes\n",
+        ".gitignore": "*.pyc\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    return tmp_path
+
+
+def key_of(context: Path, args: dict[str, str] | None = None, base: str = "base1") -> str:
+    return images.image_key(context / "Dockerfile", context, args or {}, base)
+
+
+def test_copy_sources_reads_every_copy_form_but_other_stages() -> None:
+    assert images.copy_sources(DOCKERFILE) == ["req.txt", "pkg", "extra/tool.sh", "data/one.json"]
+
+
+def test_key_changes_with_each_copied_file_and_only_those(context: Path) -> None:
+    before = key_of(context)
+    assert key_of(context) == before
+    for name in ("req.txt", "pkg/core.py", "extra/tool.sh", "data/one.json"):
+        path = context / name
+        text = path.read_text()
+        path.write_text(text + "# changed\n")
+        assert key_of(context) != before, f"{name} changed but the key did not"
+        path.write_text(text)
+        assert key_of(context) == before
+    # Not copied in, or not in the build context (ignored by git): same key.
+    (context / "unrelated.txt").write_text("other notes\n")
+    (context / "data" / "two.json").write_text('{"a": 1}\n')
+    (context / "pkg" / "core.pyc").write_bytes(b"\0")
+    (context / "notes.md").write_text("new\n")
+    assert key_of(context) == before
+
+
+def test_key_changes_with_new_files_modes_dockerfile_args_and_base(context: Path) -> None:
+    before = key_of(context)
+    (context / "pkg" / "new.py").write_text("")  # untracked, not ignored: in the context
+    assert key_of(context) != before
+    (context / "pkg" / "new.py").unlink()
+    assert key_of(context) == before
+    (context / "extra" / "tool.sh").chmod(0o755)
+    assert key_of(context) != before
+    (context / "extra" / "tool.sh").chmod(0o644)
+    assert key_of(context, {"TORCH_INDEX_URL": "https://pypi.org/simple"}) != before
+    assert key_of(context, base="base2") != before
+    (context / "Dockerfile").write_text(DOCKERFILE + "USER 1000:1000\n")
+    assert key_of(context) != before
+
+
+def test_repo_images_hash_what_their_dockerfiles_copy() -> None:
+    trainer = images.copy_sources((REPO / images.IMAGES["trainer"].dockerfile).read_text())
+    files = images.context_files(REPO, trainer)
+    for name in (
+        "trainer-image/constraints.txt",
+        "trainer-image/portable-cxx.sh",
+        "pyproject.toml",
+        "operator/maap/api.py",
+        "trainer-image/maap_trainer/__main__.py",
+    ):
+        assert name in files
+    assert not [f for f in files if f.startswith(("tests/", "charts/", "examples/"))]
+    assert images.key("trainer") != images.key("operator")
+    assert images.key("operator") == images.key("operator")
