@@ -55,6 +55,8 @@ KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"  # first address of SERVICE_CIDR: the `kubernetes` Service
 POD_CIDR = "10.244.0.0/16"
+# The API server's client identity towards kubelets (advertise_address mode only).
+KUBELET_CLIENT_USER = "maap:apiserver-kubelet-client"
 T = TypeVar("T")
 
 
@@ -72,6 +74,9 @@ class FakeNode:
     pods: str = "110"
     gpus: int = 0
     labels: dict[str, str] = field(default_factory=dict)
+    # e.g. ({"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"},): the
+    # real-node cluster taints its fake nodes so that only pods that tolerate it land there.
+    taints: tuple[dict[str, str], ...] = ()
 
     def manifest(self) -> dict[str, Any]:
         capacity = {"cpu": self.cpu, "memory": self.memory, "pods": self.pods}
@@ -93,6 +98,7 @@ class FakeNode:
                 # kwok manages only nodes with this annotation (see _start_kwok).
                 "annotations": {KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1]},
             },
+            "spec": {"taints": [dict(t) for t in self.taints]} if self.taints else {},
             "status": {"capacity": capacity, "allocatable": dict(capacity)},
         }
 
@@ -272,8 +278,18 @@ class ControlPlane:
         keep_workdir: bool = False,
         timeout: float = 180.0,
         log: Callable[[str], None] | None = None,
+        advertise_address: str | None = None,
     ) -> None:
+        """advertise_address: None (default) binds the API server to 127.0.0.1 with no
+        endpoints for the `kubernetes` Service (kwok-only clusters: no pod dials it). An
+        address of this host that pods reach (tests/cluster/node.py puts 10.199.0.1 on a
+        port-less bridge) makes the API server bind and advertise it, keep the Service's
+        endpoints with the lease reconciler, and talk to kubelets with a client cert that
+        RBAC binds to system:kubelet-api-admin (logs, exec, port-forward); it also enables
+        the NodeRestriction admission plugin."""
         self.bin_dir = Path(bin_dir) if bin_dir else default_bin_dir()
+        self.advertise_address = advertise_address
+        self.api_host = advertise_address or "127.0.0.1"
         self.crds_dir = crds_dir
         self.nodes = tuple(nodes)
         self.timeout = timeout
@@ -289,6 +305,7 @@ class ControlPlane:
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._admin_ssl: ssl.SSLContext | None = None
         self._api_port = 0
+        self.pki: _Pki | None = None  # set by start(): the CA that signs every cert
         self._kcm_port = 0
         self._scheduler_port = 0
         self._stopped = False
@@ -312,7 +329,7 @@ class ControlPlane:
         atexit.register(self.stop)
         try:
             self.logs_dir.mkdir(parents=True, exist_ok=True)
-            pki = _Pki(self.workdir / "pki")
+            pki = self.pki = _Pki(self.workdir / "pki")
             self._say("certificates ready")
             etcd_url = self._start_etcd()
             self._start_apiserver(pki, etcd_url)
@@ -369,7 +386,7 @@ class ControlPlane:
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """One HTTPS request to the API server as the admin; returns (status, JSON or text)."""
         assert self._admin_ssl is not None, "control plane not started"
-        return _https(self._admin_ssl, self._api_port, method, path, body)
+        return _https(self._admin_ssl, self._api_port, method, path, body, host=self.api_host)
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -470,11 +487,13 @@ class ControlPlane:
 
     def _start_apiserver(self, pki: _Pki, etcd_url: str) -> None:
         self._api_port = _free_port()
-        self.server = f"https://127.0.0.1:{self._api_port}"
+        self.server = f"https://{self.api_host}:{self._api_port}"
+        extra_sans = [f"IP:{self.advertise_address}"] if self.advertise_address else []
         serving_crt, serving_key = pki.issue(
             "apiserver",
             "/CN=kube-apiserver",
             server_sans=[
+                *extra_sans,
                 "IP:127.0.0.1",
                 f"IP:{SERVICE_IP}",
                 "DNS:localhost",
@@ -489,15 +508,33 @@ class ControlPlane:
         ctx = ssl.create_default_context(cafile=str(pki.ca_crt))
         ctx.load_cert_chain(str(admin_crt), str(admin_key))
         self._admin_ssl = ctx
-        proc = self._spawn(
-            "kube-apiserver",
-            [
-                f"--etcd-servers={etcd_url}",
+        if self.advertise_address:
+            kubelet_crt, kubelet_key = pki.issue(
+                "apiserver-kubelet-client", f"/CN={KUBELET_CLIENT_USER}"
+            )
+            address_args = [
+                f"--bind-address={self.advertise_address}",
+                f"--advertise-address={self.advertise_address}",
+                "--endpoint-reconciler-type=lease",
+                f"--kubelet-client-certificate={kubelet_crt}",
+                f"--kubelet-client-key={kubelet_key}",
+                f"--kubelet-certificate-authority={pki.ca_crt}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+                "--enable-admission-plugins=NodeRestriction",
+            ]
+        else:
+            address_args = [
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
                 # 1.37 refuses a loopback address in the `kubernetes` Service's endpoints;
                 # nothing in-cluster dials it here (no pods run), so keep none.
                 "--endpoint-reconciler-type=none",
+            ]
+        proc = self._spawn(
+            "kube-apiserver",
+            [
+                f"--etcd-servers={etcd_url}",
+                *address_args,
                 f"--secure-port={self._api_port}",
                 f"--cert-dir={self.workdir / 'apiserver'}",
                 f"--tls-cert-file={serving_crt}",
@@ -517,6 +554,34 @@ class ControlPlane:
             return self.request("GET", "/readyz")[0] == 200
 
         self._wait("kube-apiserver /readyz", ready, proc=proc)
+        if self.advertise_address:
+            self._bind_kubelet_client()
+
+    def _bind_kubelet_client(self) -> None:
+        """RBAC for the API server's kubelet client (kubelets authorize it by webhook)."""
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "maap:apiserver-kubelet-client"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:kubelet-api-admin",
+            },
+            "subjects": [
+                {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "User",
+                    "name": KUBELET_CLIENT_USER,
+                }
+            ],
+        }
+        path = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+        status, body = self.request("POST", path, binding)
+        if status not in (201, 409):
+            raise ControlPlaneError(
+                f"creating {binding['metadata']['name']}: HTTP {status}: {body}"
+            )
 
     def _component_kubeconfig(self, pki: _Pki, name: str, subject: str) -> Path:
         crt, key = pki.issue(name, subject)
@@ -654,6 +719,14 @@ class ControlPlane:
                 raise ControlPlaneError(f"CRDs not Established:\n{res.stdout}{res.stderr}")
         self._say(f"applied {len(files)} file(s) from {self.crds_dir}; CRDs Established: {crds}")
 
+    def write_kubeconfig(self, path: Path, subject: str, name: str) -> Path:
+        """A kubeconfig at `path` for a new client cert (subject "/O=group/CN=user") signed
+        by this cluster's CA: for components started beside it (kubelet, kube-proxy, DNS)."""
+        assert self.pki is not None, "control plane not started"
+        crt, key = self.pki.issue(name, subject)
+        self._write_kubeconfig(path, self.pki, crt, key, name)
+        return path
+
     def _write_kubeconfig(self, path: Path, pki: _Pki, crt: Path, key: Path, user: str) -> None:
         # JSON is valid YAML, so every kubeconfig reader takes it.
         config = {
@@ -685,9 +758,15 @@ class ControlPlane:
 
 
 def _https(
-    ctx: ssl.SSLContext, port: int, method: str, path: str, body: Any = None
+    ctx: ssl.SSLContext,
+    port: int,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    host: str = "127.0.0.1",
 ) -> tuple[int, Any]:
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=10)
     try:
         headers = {"Accept": "application/json"}
         data = None
