@@ -580,3 +580,47 @@ def test_namespaces_are_isolated_and_metrics_and_liveness_are_served(
     assert "maap_reconcile_duration_seconds_count" in metrics
     live = httpx.get(f"http://127.0.0.1:{operator_process.liveness_port}/healthz")
     assert live.status_code == 200
+
+
+def test_pods_are_admitted_under_pod_security_restricted(cluster: Cluster) -> None:
+    """The API server's Pod Security admission, enforcing "restricted", creates every pod
+    of the pipeline (it refused the training pod before they were hardened)."""
+    cluster.core.patch_namespace(
+        cluster.namespace,
+        {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}},
+    )
+    cluster.create(finetunejob("strict", "sc-strict"))
+    cluster.wait_phase("strict", "Serving", timeout=120)
+    pods = cluster.core.list_namespaced_pod(
+        cluster.namespace, label_selector="maap.dev/finetunejob=strict"
+    )
+    components = {p.metadata.labels["app.kubernetes.io/component"] for p in pods.items}
+    assert {"trainer", "exporter", "server"} <= components, components
+    events = cluster.core.list_namespaced_event(cluster.namespace).items
+    refused = [e.message for e in events if e.reason == "FailedCreate"]
+    assert not refused, refused
+
+
+def test_pods_refused_at_creation_show_in_a_condition_and_a_warning(cluster: Cluster) -> None:
+    cluster.core.create_namespaced_resource_quota(
+        cluster.namespace,
+        {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}},
+    )
+    cluster.create(finetunejob("refused", "sc-refused"))
+    training = wait_until(
+        "a Training condition saying why no pod runs",
+        lambda: (c := next((c for c in cluster.status("refused").get("conditions", [])
+                            if c["type"] == "Training"), None))
+        and c["reason"] == "PodCreationFailed" and c,
+        90, cluster.op,
+    )  # fmt: skip
+    assert "exceeded quota" in training["message"], training
+    assert cluster.status("refused")["phase"] == "Pending"
+    assert ("Warning", "PodCreationFailed") in cluster.events("refused")
+    # Lifting the quota lets the Job's retry create the pod; the condition moves on.
+    cluster.core.delete_namespaced_resource_quota("no-pods", cluster.namespace)
+    wait_until(
+        "training to run once the quota is gone",
+        lambda: cluster.status("refused").get("phase") in ("Training", "Exporting", "Serving"),
+        120, cluster.op,
+    )  # fmt: skip
