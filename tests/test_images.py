@@ -54,6 +54,19 @@ def test_constraints_pin_every_dependency_within_pyproject() -> None:
         assert req.specifier.contains(version, prereleases=True), f"{req.name}=={version} vs {req}"
 
 
+def test_pyproject_lists_every_package_of_the_source_tree() -> None:
+    """A non-editable install (every image) gets only the packages pyproject lists: a
+    subpackage missing there is missing from the images (`make install` is editable and
+    would not notice)."""
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set()
+    for top, src in setuptools["package-dir"].items():
+        for module in (REPO / src).rglob("*.py"):
+            assert (module.parent / "__init__.py").exists(), f"{module.parent} has no __init__"
+            found.add(".".join((top, *module.parent.relative_to(REPO / src).parts)))
+    assert sorted(setuptools["packages"]) == sorted(found)
+
+
 def test_operator_requirements_are_the_control_plane_only() -> None:
     control, data = pyproject_dependencies()
     assert {r.name for r in control} >= {"kopf", "kubernetes", "pydantic"}
