@@ -1,4 +1,4 @@
-"""The content keys of tests/cluster/images.py: an image is rebuilt exactly when what its
+"""The content keys of tests/cluster/image_keys.py: an image is rebuilt exactly when what its
 Dockerfile copies in (or the Dockerfile, its build arguments, its base) changes.
 
 No buildah needed: the keys are hashes of files, computed on a throwaway git repository
@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "tests" / "cluster"))
-import images
+import image_keys
 
 DOCKERFILE = """\
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
@@ -57,11 +57,12 @@ def context(tmp_path: Path) -> Path:
 
 
 def key_of(context: Path, args: dict[str, str] | None = None, base: str = "base1") -> str:
-    return images.image_key(context / "Dockerfile", context, args or {}, base)
+    return image_keys.image_key(context / "Dockerfile", context, args or {}, base)
 
 
 def test_copy_sources_reads_every_copy_form_but_other_stages() -> None:
-    assert images.copy_sources(DOCKERFILE) == ["req.txt", "pkg", "extra/tool.sh", "data/one.json"]
+    sources = image_keys.copy_sources(DOCKERFILE)
+    assert sources == ["req.txt", "pkg", "extra/tool.sh", "data/one.json"]
 
 
 def test_key_changes_with_each_copied_file_and_only_those(context: Path) -> None:
@@ -98,8 +99,8 @@ def test_key_changes_with_new_files_modes_dockerfile_args_and_base(context: Path
 
 
 def test_repo_images_hash_what_their_dockerfiles_copy() -> None:
-    trainer = images.copy_sources((REPO / images.IMAGES["trainer"].dockerfile).read_text())
-    files = images.context_files(REPO, trainer)
+    trainer = image_keys.copy_sources((REPO / image_keys.IMAGES["trainer"].dockerfile).read_text())
+    files = image_keys.context_files(REPO, trainer)
     for name in (
         "trainer-image/constraints.txt",
         "trainer-image/portable-cxx.sh",
@@ -109,5 +110,5 @@ def test_repo_images_hash_what_their_dockerfiles_copy() -> None:
     ):
         assert name in files
     assert not [f for f in files if f.startswith(("tests/", "charts/", "examples/"))]
-    assert images.key("trainer") != images.key("operator")
-    assert images.key("operator") == images.key("operator")
+    assert image_keys.key("trainer") != image_keys.key("operator")
+    assert image_keys.key("operator") == image_keys.key("operator")
