@@ -220,7 +220,7 @@ def build(name: str) -> Built:
     # 53 s to import, against 65 s and 77 s uncompressed (containerd writes and reads
     # twice the bytes) at twice the size; gzip is slower at both.
     step_start = time.monotonic()
-    partial = built.archive.with_suffix(".partial")
+    partial = built.archive.with_suffix(f".{os.getpid()}.partial")  # a concurrent build: its own
     partial.unlink(missing_ok=True)
     dest = f"oci-archive:{partial}:{built.full_ref}"
     push = ["buildah", "push", "--quiet", "--compression-format", "zstd", built.local, dest]
