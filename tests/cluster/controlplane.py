@@ -226,10 +226,10 @@ class _Pki:
         )
 
     def issue(
-        self, name: str, subject: str, *, server_sans: Sequence[str] = (), rsa: bool = False
+        self, name: str, subject: str, *, server_sans: Sequence[str] = ()
     ) -> tuple[Path, Path]:
         """A leaf cert signed by the CA: a serving cert when server_sans is given, else a
-        client cert (CN = user, O = group). EC P-256 keys, or RSA 2048 with rsa=True."""
+        client cert (CN = user, O = group)."""
         key, csr, crt = (self.dir / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
         ext = self.dir / f"{name}.ext"
         lines = ["basicConstraints = critical, CA:FALSE"]
@@ -245,12 +245,7 @@ class _Pki:
                 "extendedKeyUsage = clientAuth",
             ]
         ext.write_text("[leaf]\n" + "\n".join(lines) + "\n")
-        if rsa:
-            self._openssl(
-                "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key
-            )
-        else:
-            self._ec_key(key)
+        self._ec_key(key)
         self._openssl(
             "req", "-new", "-key", key, "-out", csr, "-subj", subject, "-config", self.cnf
         )
@@ -497,9 +492,6 @@ class ControlPlane:
         serving_crt, serving_key = pki.issue(
             "apiserver",
             "/CN=kube-apiserver",
-            # Pods dial it too: busybox's built-in TLS client (the real node's test image)
-            # offers no ECDSA signature algorithm, so an RSA key there (as kubeadm's).
-            rsa=bool(self.advertise_address),
             server_sans=[
                 *extra_sans,
                 "IP:127.0.0.1",
@@ -556,6 +548,10 @@ class ControlPlane:
                 "--allow-privileged=true",
                 "--profiling=false",
             ],
+            # Pods on the real node dial it with busybox's wget, whose TLS 1.2 client sends
+            # no signature_algorithms; Go 1.25+ refuses such a ClientHello unless tlssha1=1
+            # (SHA-1 handshake signatures for those clients only; TLS 1.3 is unaffected).
+            env={"GODEBUG": "tlssha1=1"} if self.advertise_address else None,
         )
 
         def ready() -> bool:
