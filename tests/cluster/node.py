@@ -20,7 +20,6 @@ import atexit
 import contextlib
 import dataclasses
 import json
-import os
 import resource
 import shutil
 import signal
@@ -28,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,16 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import node_cleanup as cleanup
 import node_images
 import node_services as svc
-from controlplane import (
-    DEFAULT_NODES,
-    ControlPlane,
-    _die_with_parent,
-    _free_port,
-    _Process,
-    _tail,
-    default_bin_dir,
-)
+from controlplane import DEFAULT_NODES, ControlPlane, _free_port, default_bin_dir
 from node_network import POD_BRIDGE, NodeHost, run
+from node_process import CNI_BIN_DIR, Processes, RealNodeError, http_ok, missing_prerequisites
 from provisioner import STORAGE_CLASS, HostPathProvisioner
 
 NODE_NAME = "maap-real-0"
@@ -54,37 +45,8 @@ POD_CIDR = "10.244.200.0/24"  # kwok hands its fake pods addresses from 10.244.0
 NODE_LABELS = {"maap.dev/pool": "cpu", "maap.dev/node": "real"}
 # kwok's convention: fake nodes carry this taint, so that only pods that say so land there.
 KWOK_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
-NODE_BINARIES = ("kubelet", "kube-proxy", "containerd", "ctr", "containerd-shim-runc-v2", "coredns")
-CNI_BIN_DIR = Path("/usr/lib/cni")
-CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
-HOST_TOOLS = ("runc", "iptables", "ip6tables", "iptables-save", "conntrack", "ip", "mount")
 # Paths the components use whatever their config says; what they add there is removed.
 HOST_PATHS = (Path("/var/log/containers"), Path("/var/lib/cni"), Path("/run/containerd"))
-
-
-def missing_prerequisites(bin_dir: Path) -> list[str]:
-    """Why a real node cannot start here (empty when it can)."""
-    out = []
-    if os.geteuid() != 0:
-        out.append("not root")
-    bins = [b for b in NODE_BINARIES if not os.access(bin_dir / b, os.X_OK)]
-    if bins:
-        out.append(f"binaries missing in {bin_dir}: {', '.join(bins)} (run tests/cluster/build.sh)")
-    tools = [t for t in HOST_TOOLS if not shutil.which(t, path="/usr/sbin:/usr/bin:/sbin:/bin")]
-    if tools:
-        out.append(f"host tools missing: {', '.join(tools)} (Debian: runc iptables conntrack)")
-    plugins = [p for p in CNI_PLUGINS if not (CNI_BIN_DIR / p).exists()]
-    if plugins:
-        out.append(f"CNI plugins missing in {CNI_BIN_DIR}: {', '.join(plugins)}")
-    if not node_images.BUSYBOX.exists():
-        out.append(f"{node_images.BUSYBOX} missing (Debian: busybox-static)")
-    if "overlay" not in Path("/proc/filesystems").read_text():
-        out.append("no overlayfs")
-    return out
-
-
-class RealNodeError(RuntimeError):
-    pass
 
 
 class RealNode:
@@ -136,7 +98,7 @@ class RealNode:
         self.storage_class = STORAGE_CLASS
         self.startup_seconds: float | None = None
         self.provisioner: HostPathProvisioner | None = None
-        self._procs: list[_Process] = []
+        self._procs = Processes(self.bin_dir, self.workdir, self.logs_dir, self._say)
         self._host_paths: cleanup.HostPaths | None = None
         self._ports: dict[str, int] = {}
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -184,13 +146,7 @@ class RealNode:
                     absent_paths=[str(p) for p, v in self._host_paths.before.items() if v is None],
                 )
             self._start_containerd()
-            archive = self.workdir / "images" / "maap-test-images.tar"
-            archive.parent.mkdir(exist_ok=True)
-            names = node_images.write_archive(archive)
-            self.import_image(archive)
-            missing = set(names) - set(self.images())
-            if missing:
-                raise RealNodeError(f"images not in containerd after import: {missing}")
+            names = node_images.load_test_images(self.ctr_command(), self.workdir / "images")
             self._say(f"images imported: {', '.join(names)}")
             self._create_objects()
             self._start_coredns()
@@ -215,18 +171,15 @@ class RealNode:
         t0 = self._t0 = time.monotonic()
         if self.provisioner:
             self.provisioner.stop()
-        if self._alive("kubelet") and self._alive("containerd"):
+        if self._procs.alive("kubelet") and self._procs.alive("containerd"):
             with contextlib.suppress(Exception):
                 cleanup.drain(self.cp, self.name, self.ctr_command("tasks", "ls", "-q"))
-        for proc in reversed(self._procs):
-            if proc.name != "containerd":
-                self._terminate(proc)
+        for name in ("kubelet", "kube-proxy", "coredns"):
+            self._procs.terminate(name)
         with contextlib.suppress(Exception):
             self.cp.request("DELETE", f"/api/v1/nodes/{self.name}")
         killed = cleanup.kill_cgroup_processes(self.cgroup_root)
-        for proc in self._procs:
-            if proc.name == "containerd":
-                self._terminate(proc)
+        self._procs.terminate("containerd")
         shims = cleanup.processes_with_arg(self.containerd_address)
         cleanup.kill_pids(shims)
         still = cleanup.unmount_all(self.workdir)
@@ -235,8 +188,7 @@ class RealNode:
         cleanup.remove_log_links(self.workdir)
         if self._host_paths:
             self._host_paths.restore()
-        for proc in self._procs:
-            proc.logfile.close()
+        self._procs.close_logs()
         notes = [f"{killed} container processes killed"] if killed else []
         notes += [f"{len(shims)} shims killed"] if shims else []
         notes += [f"still mounted: {still}"] if still else []
@@ -252,59 +204,8 @@ class RealNode:
     def _say(self, msg: str) -> None:
         self._log(f"[node +{time.monotonic() - self._t0:5.1f}s] {msg}")
 
-    def _spawn(self, name: str, args: Sequence[str | Path]) -> _Process:
-        log = self.logs_dir / f"{name}.log"
-        logfile = log.open("ab")
-        env = {**os.environ, "PATH": f"{self.bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"}
-        popen = subprocess.Popen(
-            [str(self.bin_dir / name), *map(str, args)],
-            stdin=subprocess.DEVNULL,
-            stdout=logfile,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        proc = _Process(name, popen, log, logfile)
-        self._procs.append(proc)
-        return proc
-
-    def _alive(self, name: str) -> bool:
-        return any(p.name == name and p.popen.poll() is None for p in self._procs)
-
-    @staticmethod
-    def _terminate(proc: _Process, grace: float = 10.0) -> None:
-        if proc.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.popen.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.popen.wait(timeout=grace)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.popen.wait(timeout=5)
-
     def _wait(self, what: str, check: Callable[[], Any], timeout: float | None = None) -> Any:
-        deadline = time.monotonic() + (timeout or self.timeout)
-        last: BaseException | None = None
-        while time.monotonic() < deadline:
-            for p in self._procs:
-                if p.popen.poll() is not None:
-                    raise RealNodeError(
-                        f"{p.name} exited with {p.popen.returncode} while waiting for {what}; "
-                        f"last lines of {p.log}:\n{_tail(p.log)}"
-                    )
-            try:
-                value = check()
-                if value:
-                    self._say(what)
-                    return value
-            except (OSError, ValueError, KeyError) as e:
-                last = e
-            time.sleep(0.2)
-        logs = "".join(f"\nlast lines of {p.log}:\n{_tail(p.log, 15)}" for p in self._procs)
-        raise RealNodeError(f"timed out waiting for {what} (last error: {last!r}){logs}")
+        return self._procs.wait(what, check, timeout or self.timeout)
 
     def _start_containerd(self) -> None:
         d = self.workdir / "containerd"
@@ -330,7 +231,7 @@ class RealNode:
                 runc=Path(runc or "/usr/sbin/runc"),
             )
         )
-        self._spawn("containerd", ["--config", config, "--log-level", "info"])
+        self._procs.spawn("containerd", ["--config", config, "--log-level", "info"])
 
         def up() -> bool:
             res = subprocess.run(self.ctr_command("version"), capture_output=True, timeout=10)
@@ -353,21 +254,26 @@ class RealNode:
         self._say(f"kube-dns Service, CoreDNS RBAC, StorageClass {STORAGE_CLASS} created")
 
     def _start_coredns(self) -> None:
-        kc = self.cp.write_kubeconfig(self.workdir / "coredns.kubeconfig",
-                                      f"/CN={svc.COREDNS_USER}", "coredns")  # fmt: skip
+        kc = self.cp.write_kubeconfig(
+            self.workdir / "coredns.kubeconfig", f"/CN={svc.COREDNS_USER}", "coredns"
+        )
         self._ports["coredns-health"] = _free_port()
         self._ports["coredns-ready"] = _free_port()
         corefile = self.workdir / "Corefile"
         corefile.write_text(
-            svc.corefile(address=self.address, kubeconfig=kc,
-                         health_port=self._ports["coredns-health"],
-                         ready_port=self._ports["coredns-ready"])
-        )  # fmt: skip
-        self._spawn("coredns", ["-conf", corefile])
+            svc.corefile(
+                address=self.address,
+                kubeconfig=kc,
+                health_port=self._ports["coredns-health"],
+                ready_port=self._ports["coredns-ready"],
+            )
+        )
+        self._procs.spawn("coredns", ["-conf", corefile])
 
     def _start_kube_proxy(self) -> None:
-        kc = self.cp.write_kubeconfig(self.workdir / "kube-proxy.kubeconfig",
-                                      "/CN=system:kube-proxy", "kube-proxy")  # fmt: skip
+        kc = self.cp.write_kubeconfig(
+            self.workdir / "kube-proxy.kubeconfig", "/CN=system:kube-proxy", "kube-proxy"
+        )
         self._ports["kube-proxy-healthz"] = _free_port()
         config = self.workdir / "kube-proxy.json"
         conf = svc.kube_proxy_config(
@@ -378,7 +284,7 @@ class RealNode:
             metrics_port=_free_port(),
         )
         config.write_text(json.dumps(conf, indent=2))
-        self._spawn("kube-proxy", [f"--config={config}", "--v=1"])
+        self._procs.spawn("kube-proxy", [f"--config={config}", "--v=1"])
 
     def _start_kubelet(self) -> None:
         pki = self.cp.pki
@@ -417,7 +323,7 @@ class RealNode:
         config = self.workdir / "kubelet.json"
         config.write_text(json.dumps(conf, indent=2))
         labels = ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
-        self._spawn(
+        self._procs.spawn(
             "kubelet",
             [
                 f"--config={config}",
@@ -446,13 +352,6 @@ class RealNode:
 
         self._wait("node Ready (runtime and CNI ready) with no taints", ready)
 
-        def http_ok(port: int, path: str) -> Callable[[], bool]:
-            def check() -> bool:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-                    return bool(r.status == 200)
-
-            return check
-
         self._wait("kube-proxy healthy", http_ok(self._ports["kube-proxy-healthz"], "/healthz"))
         self._wait("CoreDNS ready", http_ok(self._ports["coredns-ready"], "/ready"))
 
@@ -480,11 +379,24 @@ def real_cluster(
     """NodeHost (lock, address, routes), a ControlPlane advertising that address with kwok
     fake nodes (tainted, see KWOK_TAINT), and a RealNode; all stopped on exit."""
     with NodeHost(log=log) as host:
-        cp = ControlPlane(advertise_address=host.address, nodes=fake_nodes,
-                          keep_workdir=keep_workdir, log=log, **cp_kwargs)  # fmt: skip
+        cp = ControlPlane(
+            advertise_address=host.address,
+            nodes=fake_nodes,
+            keep_workdir=keep_workdir,
+            log=log,
+            **cp_kwargs,
+        )
+        if not keep_workdir:  # a later start removes it if this run is killed
+            host.remember(controlplane_workdir=str(cp.workdir))
         with cp:
-            node = RealNode(cp, name=node_name, bridge=host.pod_bridge, host=host,
-                            keep_workdir=keep_workdir, log=log)  # fmt: skip
+            node = RealNode(
+                cp,
+                name=node_name,
+                bridge=host.pod_bridge,
+                host=host,
+                keep_workdir=keep_workdir,
+                log=log,
+            )
             with node:
                 yield cp, node
 
@@ -498,7 +410,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start control plane + real node, wait until Ctrl-C")
     up.add_argument("--keep", action="store_true", help="keep the workdirs (logs) on exit")
+    sub.add_parser("cleanup", help="remove what a killed real node left on this host")
     args = parser.parse_args(argv)
+    if args.command == "cleanup":
+        NodeHost().start().stop()  # start() undoes a killed run it finds recorded
+        return 0
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     problems = missing_prerequisites(default_bin_dir())

@@ -150,3 +150,18 @@ def import_archive(archive: Path, ctr: Path, address: str, *, timeout: float = 6
     if res.returncode != 0:
         raise RuntimeError(f"ctr images import {archive} failed: {res.stderr.strip()}")
     return res.stdout
+
+
+def load_test_images(ctr_command: list[str], directory: Path) -> list[str]:
+    """Write the archive into `directory`, import it with `ctr_command` (ctr with the node's
+    --address and -n k8s.io), and check both images are there; returns their names."""
+    directory.mkdir(parents=True, exist_ok=True)
+    archive = directory / "maap-test-images.tar"
+    names = write_archive(archive)
+    ctr, address = Path(ctr_command[0]), ctr_command[ctr_command.index("--address") + 1]
+    import_archive(archive, ctr, address)
+    res = subprocess.run([*ctr_command, "images", "ls", "-q"], capture_output=True, text=True)
+    missing = set(names) - set(res.stdout.split())
+    if missing:
+        raise RuntimeError(f"images not in containerd after import: {sorted(missing)}")
+    return names

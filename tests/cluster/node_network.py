@@ -259,6 +259,9 @@ class NodeHost:
                 Sysctls.write(name, value)
         for path in state.get("absent_paths", []):
             shutil.rmtree(path, ignore_errors=True)
+        cp_dir = Path(state.get("controlplane_workdir") or "/nonexistent")
+        if cp_dir.name.startswith("maap-controlplane-"):
+            shutil.rmtree(cp_dir, ignore_errors=True)  # its processes died with the test run
         if workdir and workdir.name.startswith("maap-node-") and not cleanup.mounts_under(workdir):
             cleanup.remove_log_links(workdir)
             shutil.rmtree(workdir, ignore_errors=True)
