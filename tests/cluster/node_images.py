@@ -141,10 +141,12 @@ def write_archive(path: Path, busybox: Path = BUSYBOX) -> list[str]:
 
 def import_archive(archive: Path, ctr: Path, address: str, *, timeout: float = 600) -> str:
     """`ctr -n k8s.io images import` of a docker or OCI archive, unpacked for overlayfs
-    (the snapshotter the CRI uses); returns ctr's output (the imported names)."""
+    (the snapshotter the CRI uses), its layer blobs then left to containerd's garbage
+    collector (half the disk for a big image); returns ctr's output."""
     res = subprocess.run(
         [str(ctr), "--address", address, "--namespace", "k8s.io", "images", "import",
-         "--snapshotter", "overlayfs", "--platform", "linux/amd64", str(archive)],
+         "--local", "--discard-unpacked-layers", "--snapshotter", "overlayfs",
+         "--platform", "linux/amd64", str(archive)],
         capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     if res.returncode != 0:

@@ -157,26 +157,27 @@ def test_deleting_a_job_collects_its_pods_on_the_node(
     assert len(pods) == 1
     wait_pod(real_cluster, namespace, pods[0], "Running")
 
-    def containers() -> list[str]:
-        label = f'labels."io.kubernetes.pod.namespace"=={namespace}'
-        res = subprocess.run(
-            real_node.ctr_command("containers", "ls", "-q", label), capture_output=True, text=True
-        )
+    def ctr(*args: str) -> list[str]:
+        res = subprocess.run(real_node.ctr_command(*args), capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
         return res.stdout.split()
 
-    assert containers(), "no containers of the job's pod in containerd"
+    # The pod's sandbox and container, and their running processes (tasks).
+    ours = set(ctr("containers", "ls", "-q", f'labels."io.kubernetes.pod.namespace"=={namespace}'))
+    assert len(ours) == 2, ours
+    assert ours <= set(ctr("tasks", "ls", "-q"))
     res = kubectl(real_cluster, "-n", namespace, "delete", "job", "long", "--wait=true")
     assert res.returncode == 0, res.stderr
+    # The garbage collector deletes the pod, the kubelet kills it and stops its sandbox
+    # (the stopped containers stay in containerd until the kubelet's container GC).
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        res = kubectl(real_cluster, "-n", namespace, "get", "pods", "-o", "name")
-        if not res.stdout.strip() and not containers():
+        pods_left = kubectl(real_cluster, "-n", namespace, "get", "pods", "-o", "name").stdout
+        running = ours & set(ctr("tasks", "ls", "-q"))
+        if not pods_left.strip() and not running:
             return
         time.sleep(0.5)
-    raise AssertionError(
-        f"left after deleting the Job: pods {res.stdout!r}, containers {containers()}"
-    )
+    raise AssertionError(f"left after deleting the Job: pods {pods_left!r}, tasks {running}")
 
 
 def test_kwok_fake_nodes_still_run_pods_that_tolerate_them(
