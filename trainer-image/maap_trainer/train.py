@@ -285,13 +285,13 @@ def _run_training(cfg: TrainerConfig, watch: PreemptionWatch) -> dict[str, Any]:
     runtime = time.monotonic() - (recorder.train_started or time.monotonic())
     before = cached_before or (recorder.history[0] if recorder.history else None)
     if main:
-        write_progress(output_dir, ProgressReport(stage="evaluating", message="eval after"))
+        write_progress(output_dir, _after_training(trainer, "evaluating", "eval after"))
     after = trainer.evaluate() if data.eval else None
     write_rank_report(output_dir, rank_report(trainer, distributed.rank(), world))
     distributed.barrier()  # every rank's report is on disk before rank 0 reads them
 
     if main:
-        write_progress(output_dir, ProgressReport(stage="saving", message="saving the model"))
+        write_progress(output_dir, _after_training(trainer, "saving", "saving the model"))
     save_artifacts(trainer, cfg, base, data.head, tokenizer, output_dir, weights, ds_config)
     if not main:
         return {}
@@ -325,6 +325,13 @@ def _run_training(cfg: TrainerConfig, watch: PreemptionWatch) -> dict[str, Any]:
         ),
     )
     return metrics
+
+
+def _after_training(trainer: Any, stage: str, message: str) -> ProgressReport:
+    """A report after the loop that keeps the step count (status.progress must not fall
+    back to step 0 while the model is evaluated and saved)."""
+    step = int(trainer.state.global_step)
+    return ProgressReport(stage=stage, step=step, total_steps=step, message=message)
 
 
 def _metrics(
