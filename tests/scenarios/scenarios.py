@@ -324,12 +324,14 @@ def scenario_blockers(cluster: Cluster, ns: str, images: Images) -> dict[str, An
     seen = {}
     for name, extra, reason, text in (
         ("quota", quota, "PodCreationFailed", "exceeded quota"),
-        ("nowhere", None, "Unschedulable", "cannot be scheduled"),
+        ("nowhere", None, "Unschedulable", "didn't match Pod's node affinity/selector"),
     ):
         if extra:
             cluster.apply(ns, extra)
         spec = {"placement": nowhere} if name == "nowhere" else {}
-        cluster.apply(ns, example_job(name, f"{name}-data", **spec))
+        job = example_job(name, f"{name}-data", **spec)
+        del job["spec"]["storage"]  # the job's own claim: it binds once a pod is scheduled
+        cluster.apply(ns, job)
         got = wait_for(
             f"{name}: Training condition {reason}",
             lambda n=name, r=reason: (
