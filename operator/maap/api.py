@@ -21,6 +21,7 @@ from maap_trainer.config import (
     TrainerConfig,
     TrainingSpec,
 )
+from maap_trainer.progress import TrainedMetrics
 from pydantic import BaseModel, ConfigDict, Field
 
 GROUP = "maap.dev"
@@ -186,15 +187,6 @@ class Artifacts(CamelModel):
     onnx_size_bytes: int | None = None
 
 
-class TrainingMetrics(CamelModel):
-    eval_loss_before: float | None = None
-    eval_loss_after: float | None = None
-    train_loss: float | None = None
-    train_runtime_seconds: float | None = None
-    trainable_parameters: int | None = None
-    total_parameters: int | None = None
-
-
 class FineTuneJobStatus(CamelModel):
     phase: Phase | None = None
     observed_generation: int | None = None
@@ -207,7 +199,8 @@ class FineTuneJobStatus(CamelModel):
     )
     progress: Progress | None = None
     artifacts: Artifacts | None = None
-    metrics: TrainingMetrics | None = None
+    # The train stage's summary, as its last progress report carries it.
+    metrics: TrainedMetrics | None = None
     endpoint: str | None = None
     auth_secret: str | None = Field(
         default=None, description="Secret with the bearer token the server requires."

@@ -25,7 +25,8 @@ log = logging.getLogger("maap.progress")
 
 
 class TrainedMetrics(CamelModel):
-    """The training summary the operator copies into `status.metrics`."""
+    """The train stage's summary (`status.metrics` in the cluster): eval loss before and
+    after training, train loss, runtime, trainable and total parameters."""
 
     eval_loss_before: float | None = None
     eval_loss_after: float | None = None
