@@ -173,7 +173,7 @@ print(json.dumps({{"ok": ok, "failed": failed, "errors": errors[:10]}}), flush=T
 
 
 def scenario_rolling(
-    cluster: Cluster, ns: str, images: Images, name: str = PIRATE, client_seconds: int = 150
+    cluster: Cluster, ns: str, images: Images, name: str = PIRATE, client_seconds: int = 75
 ) -> dict[str, Any]:
     """Two replicas behind the Service; a rolling restart under a client loop fails nothing."""
     cluster.kubectl(
