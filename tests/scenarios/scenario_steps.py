@@ -2,7 +2,8 @@
 
 Used by the real-node tests (tests/node) and by tests/kind/e2e.sh through scenarios.py, so the
 same steps run on kind where Docker runs and on the real node built here. Standard
-library only: it drives the `kubectl` and `helm` binaries, as a user would.
+library plus maap's own pod security contexts (maap.podspec; `make install`): it drives
+the `kubectl` and `helm` binaries, as a user would.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from maap.podspec import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "maap"
@@ -183,28 +186,15 @@ def uninstall_chart(cluster: Cluster) -> None:
         cluster.helm("uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait")
 
 
-RESTRICTED_POD_SECURITY = {
-    "runAsNonRoot": True,
-    "runAsUser": 1000,
-    "runAsGroup": 1000,
-    "fsGroup": 1000,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-RESTRICTED_CONTAINER_SECURITY = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "readOnlyRootFilesystem": True,
-}
-
-
 def helper_pod(name: str, image: Images, command: list[str], claim: str | None) -> dict[str, Any]:
-    """A restricted-compliant pod of the trainer image (it has tar for kubectl cp)."""
+    """A pod of the trainer image (it has tar for kubectl cp) with the security contexts of
+    maap's own pods, so it is admitted where they are."""
     container: dict[str, Any] = {
         "name": "main",
         "image": image.trainer,
         "imagePullPolicy": image.pull_policy,
         "command": command,
-        "securityContext": RESTRICTED_CONTAINER_SECURITY,
+        "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         "env": [{"name": "HOME", "value": "/tmp"}],
@@ -220,7 +210,7 @@ def helper_pod(name: str, image: Images, command: list[str], claim: str | None) 
         "spec": {
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
-            "securityContext": RESTRICTED_POD_SECURITY,
+            "securityContext": dict(POD_SECURITY_CONTEXT),
             "containers": [container],
             "volumes": volumes,
         },
