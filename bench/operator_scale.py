@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,12 +34,7 @@ from kubernetes import client, watch  # noqa: E402
 from maap import builders  # noqa: E402
 from maap.api import GROUP, PLURAL, VERSION  # noqa: E402
 from maap.manifest import parse_manifest  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from maap_trainer.ports import free_port  # noqa: E402
 
 
 def finetunejob(name: str) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 
 etcd, kube-apiserver (client-cert auth, RBAC), kube-controller-manager, kube-scheduler and
 kwok (fake nodes whose pods run through the Stages in ./stages), from the binaries that
-tests/cluster/build.sh builds. Standard library plus the `openssl` CLI; the Python
-`kubernetes` package is imported only by ControlPlane.api_client().
+tests/cluster/build.sh builds. Standard library, maap's own free-port helper
+(maap_trainer.ports) and the `openssl` CLI; the Python `kubernetes` package is imported only
+by ControlPlane.api_client().
 
 By hand:
     bash tests/cluster/build.sh
@@ -23,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+from maap_trainer.ports import free_port
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -154,12 +156,6 @@ def wait_for(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _die_with_parent() -> None:
@@ -453,7 +449,7 @@ class ControlPlane:
         )
 
     def _start_etcd(self) -> str:
-        client, peer = _free_port(), _free_port()
+        client, peer = free_port(), free_port()
         url = f"http://127.0.0.1:{client}"
         peer_url = f"http://127.0.0.1:{peer}"
         proc = self._spawn(
@@ -486,7 +482,7 @@ class ControlPlane:
         return url
 
     def _start_apiserver(self, pki: _Pki, etcd_url: str) -> None:
-        self._api_port = _free_port()
+        self._api_port = free_port()
         self.server = f"https://{self.api_host}:{self._api_port}"
         extra_sans = [f"IP:{self.advertise_address}"] if self.advertise_address else []
         serving_crt, serving_key = pki.issue(
@@ -597,7 +593,7 @@ class ControlPlane:
         kc = self._component_kubeconfig(
             pki, "kube-controller-manager", "/CN=system:kube-controller-manager"
         )
-        port = _free_port()
+        port = free_port()
         self._spawn(
             "kube-controller-manager",
             [
@@ -622,7 +618,7 @@ class ControlPlane:
 
     def _start_scheduler(self, pki: _Pki) -> None:
         kc = self._component_kubeconfig(pki, "kube-scheduler", "/CN=system:kube-scheduler")
-        port = _free_port()
+        port = free_port()
         self._spawn(
             "kube-scheduler",
             [

@@ -31,11 +31,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from maap_trainer.ports import free_port
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import node_cleanup as cleanup
 import node_images
 import node_services as svc
-from controlplane import DEFAULT_NODES, ControlPlane, _free_port, default_bin_dir
+from controlplane import DEFAULT_NODES, ControlPlane, default_bin_dir
 from node_network import POD_BRIDGE, NodeHost, run
 from node_process import CNI_BIN_DIR, Processes, RealNodeError, http_ok, missing_prerequisites
 from provisioner import STORAGE_CLASS, HostPathProvisioner
@@ -257,8 +259,8 @@ class RealNode:
         kc = self.cp.write_kubeconfig(
             self.workdir / "coredns.kubeconfig", f"/CN={svc.COREDNS_USER}", "coredns"
         )
-        self._ports["coredns-health"] = _free_port()
-        self._ports["coredns-ready"] = _free_port()
+        self._ports["coredns-health"] = free_port()
+        self._ports["coredns-ready"] = free_port()
         corefile = self.workdir / "Corefile"
         corefile.write_text(
             svc.corefile(
@@ -274,14 +276,14 @@ class RealNode:
         kc = self.cp.write_kubeconfig(
             self.workdir / "kube-proxy.kubeconfig", "/CN=system:kube-proxy", "kube-proxy"
         )
-        self._ports["kube-proxy-healthz"] = _free_port()
+        self._ports["kube-proxy-healthz"] = free_port()
         config = self.workdir / "kube-proxy.json"
         conf = svc.kube_proxy_config(
             kubeconfig=kc,
             node_name=self.name,
             address=self.address,
             healthz_port=self._ports["kube-proxy-healthz"],
-            metrics_port=_free_port(),
+            metrics_port=free_port(),
         )
         config.write_text(json.dumps(conf, indent=2))
         self._procs.spawn("kube-proxy", [f"--config={config}", "--v=1"])
@@ -302,8 +304,8 @@ class RealNode:
         cleanup.make_cgroup_root(self.cgroup_root)
         resolv = self.workdir / "resolv.conf"
         resolv.write_text("")
-        self._ports["kubelet"] = _free_port()
-        self._ports["kubelet-healthz"] = _free_port()
+        self._ports["kubelet"] = free_port()
+        self._ports["kubelet-healthz"] = free_port()
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         conf = svc.kubelet_config(
             workdir=self.workdir,

@@ -5,13 +5,13 @@ reaches pod 0 by its hostname under a headless Service (training rendezvous)."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import time
 import urllib.request
 from typing import Any
 
 from controlplane import ControlPlane
+from maap_trainer.ports import free_port
 from realnode_helpers import apply, get, kubectl, logs, pod_spec, run_pod, wait_pod
 
 SERVE = (
@@ -61,12 +61,6 @@ def _wait_http(url: str, timeout: float = 30) -> str:
     raise AssertionError(f"{url} did not answer in {timeout:.0f}s: {last!r}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_cluster_ip_from_a_pod_the_host_and_port_forward(
     real_cluster: ControlPlane, namespace: str
 ) -> None:
@@ -90,7 +84,7 @@ def test_cluster_ip_from_a_pod_the_host_and_port_forward(
     # From the host (kube-proxy's OUTPUT rules), and through the API server's
     # port-forward to the kubelet.
     assert _wait_http(f"http://{ip}/").startswith("hello from web-")
-    port = _free_port()
+    port = free_port()
     pf = subprocess.Popen(
         [
             str(real_cluster.bin_dir / "kubectl"),

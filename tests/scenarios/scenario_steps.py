@@ -2,8 +2,9 @@
 
 Used by the real-node tests (tests/node) and by tests/kind/e2e.sh through scenarios.py, so the
 same steps run on kind where Docker runs and on the real node built here. Standard
-library plus maap's own pod security contexts (maap.podspec; `make install`): it drives
-the `kubectl` and `helm` binaries, as a user would.
+library plus maap's own pod security contexts (maap.podspec) and free-port helper
+(maap_trainer.ports), from `make install`: it drives the `kubectl` and `helm` binaries, as
+a user would.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from maap.podspec import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
+from maap_trainer.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "maap"
@@ -129,9 +131,7 @@ class Cluster:
     @contextlib.contextmanager
     def port_forward(self, namespace: str, target: str, remote_port: int) -> Iterator[int]:
         """`kubectl port-forward` to a free local port, open until the block ends."""
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            local = int(s.getsockname()[1])
+        local = free_port()
         cmd = [
             self.kubectl_bin, *self._global(), "port-forward", "-n", namespace,
             target, f"{local}:{remote_port}", "--address=127.0.0.1",

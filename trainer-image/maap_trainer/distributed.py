@@ -9,12 +9,12 @@ torch.distributed.run; each worker then sees RANK, LOCAL_RANK and WORLD_SIZE.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from maap_trainer.errors import ConfigError
+from maap_trainer.ports import free_port
 
 WORKER_ERROR_ENV = "MAAP_WORKER_ERROR_FILE"
 
@@ -49,12 +49,6 @@ def gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def topology_from_env(env: dict[str, str] | None = None) -> Topology:
