@@ -7,7 +7,6 @@ partitions), the adapter is merged into a freshly loaded full-precision base ins
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,9 @@ from maap_trainer.checkpoints import CHECKPOINTS_DIR
 from maap_trainer.config import TrainerConfig
 from maap_trainer.deepspeed_config import zero_stage_of
 from maap_trainer.methods import TaskHead, load_base
+from maap_trainer.outdirs import publish
 
 PISSA_INIT_DIR = "pissa-init"
-
-
-def publish(staging: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(staging, final)
 
 
 def _fresh(path: Path) -> Path:

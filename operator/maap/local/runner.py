@@ -22,6 +22,7 @@ from typing import Any
 from maap_trainer.config import TrainerConfig
 from maap_trainer.data import load_examples
 from maap_trainer.errors import TERMINATION_LOG_ENV, UserError
+from maap_trainer.outdirs import directory_size
 from maap_trainer.progress import read_progress
 from rich.console import Console
 from rich.progress import (
@@ -86,10 +87,6 @@ def human_size(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{size} B"
-
-
-def directory_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 class LocalRunner:

@@ -17,19 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from maap_trainer.config import TrainerConfig
-from maap_trainer.export.genai_build import (
-    BuildRequest,
-    ExportError,
-    build,
-    file_sizes,
-    keep_tokenizer,
-)
+from maap_trainer.export.genai_build import BuildRequest, ExportError, build, keep_tokenizer
+from maap_trainer.outdirs import directory_size, file_sizes
+from maap_trainer.outdirs import publish as _publish
 from maap_trainer.progress import ProgressReport, write_progress
 
 __all__ = ["EXPORT_INFO", "EXPORT_LOG", "ExportError", "run_export"]
@@ -38,16 +33,6 @@ log = logging.getLogger("maap.export")
 
 EXPORT_LOG = "export.log"
 EXPORT_INFO = "export.json"
-
-
-def directory_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def _publish(staging: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(staging, final)
 
 
 def _progress(output_dir: Path, message: str) -> None:

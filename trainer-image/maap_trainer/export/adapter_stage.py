@@ -6,8 +6,6 @@ merged model, under the same parity thresholds.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from maap_trainer.export.lora_adapter import (
     slots_for,
     write_adapter,
 )
+from maap_trainer.outdirs import directory_size, publish
 
 BASE_DIR = "onnx-base"
 ADAPTERS_DIR = "adapters"
@@ -54,16 +53,14 @@ def export_adapter(cfg: TrainerConfig, log_path: Path) -> dict[str, Any]:
     keep_tokenizer(base_checkpoint, staging)
     add_lora_slots(staging, slots_for(weights))
     final = output_dir / BASE_DIR
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(staging, final)
+    publish(staging, final)
     target = output_dir / ADAPTERS_DIR / f"{cfg.job_name}{ADAPTER_SUFFIX}"
     adapter = write_adapter(weights, final, target)
     report: dict[str, Any] = {
         **adapter,
         "name": cfg.job_name,
         "baseModel": str(final),
-        "baseSizeBytes": sum(f.stat().st_size for f in final.rglob("*") if f.is_file()),
+        "baseSizeBytes": directory_size(final),
         "baseSeconds": round(seconds, 2),
     }
     if cfg.export.parity.enabled and cfg.export.execution_provider == "cpu":

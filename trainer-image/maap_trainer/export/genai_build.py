@@ -111,11 +111,3 @@ def keep_tokenizer(checkpoint: Path, exported: Path) -> list[str]:
         for name in (*TOKENIZER_FILES, CHAT_TEMPLATE, "special_tokens_map.json")
         if (exported / name).is_file()
     )
-
-
-def file_sizes(directory: Path) -> dict[str, int]:
-    return {
-        str(f.relative_to(directory)): f.stat().st_size
-        for f in sorted(directory.rglob("*"))
-        if f.is_file()
-    }
