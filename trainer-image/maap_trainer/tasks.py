@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from maap_trainer import iob2
 from maap_trainer.config import TrainerConfig
 from maap_trainer.data import IGNORE_INDEX, DatasetSplits, Example, tokenize_example
 from maap_trainer.errors import ConfigError
@@ -153,7 +154,7 @@ def macro_f1(gold: Any, predicted: Any) -> float:
 def _token_classification(cfg: TrainerConfig, splits: DatasetSplits, tokenizer: Any) -> TaskData:
     names = label_names([t for e in splits.train + splits.eval for t in e.tags or []], "O")
     for name in names:
-        if name != "O" and not name.startswith(("B-", "I-")):
+        if not iob2.is_tag(name):
             raise ConfigError(f"dataset: NER tag {name!r} is not IOB2 (O, B-TYPE or I-TYPE)")
     index = {n: i for i, n in enumerate(names)}
     max_len = cfg.training.max_seq_length
@@ -193,19 +194,6 @@ def _token_classification(cfg: TrainerConfig, splits: DatasetSplits, tokenizer: 
     )
 
 
-def entity_spans(tags: list[str]) -> set[tuple[int, int, str]]:
-    """IOB2 tags to (start, end, type) spans; an I- without its B- starts a span too."""
-    spans, start, kind = set(), None, None
-    for i, tag in enumerate([*tags, "O"]):
-        inside = tag.startswith("I-") and kind == tag[2:]
-        if start is not None and not inside:
-            spans.add((start, i, kind))
-            start, kind = None, None
-        if tag.startswith("B-") or (tag.startswith("I-") and not inside):
-            start, kind = i, tag[2:]
-    return spans
-
-
 def ner_metrics(prediction: Any, names: list[str]) -> dict[str, float]:
     import numpy as np
 
@@ -218,7 +206,7 @@ def ner_metrics(prediction: Any, names: list[str]) -> dict[str, float]:
         g_tags = [names[i] for i in g_row[keep]]
         correct += sum(p == g for p, g in zip(p_tags, g_tags, strict=True))
         total += len(g_tags)
-        p_spans, g_spans = entity_spans(p_tags), entity_spans(g_tags)
+        p_spans, g_spans = set(iob2.entity_spans(p_tags)), set(iob2.entity_spans(g_tags))
         tp += len(p_spans & g_spans)
         n_pred += len(p_spans)
         n_gold += len(g_spans)

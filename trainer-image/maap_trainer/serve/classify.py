@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
+from maap_trainer.iob2 import entity_spans
 from maap_trainer.serve.common import install_common
 from maap_trainer.serve.metrics import ServerMetrics
 from maap_trainer.serve.protocol import APIError
@@ -143,28 +144,15 @@ class ClassifierRuntime:
 
 
 def entities(text: str, tagged: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """IOB2 word tags to entity spans: B-X starts one, I-X continues an X, anything else ends it."""
-    found: list[dict[str, Any]] = []
-    current: dict[str, Any] | None = None
-    for word in tagged:
-        prefix, _, kind = str(word["label"]).partition("-")
-        if prefix == "I" and current is not None and current["entity"] == kind:
-            current["end"] = word["end"]
-            current["scores"].append(word["score"])
-            continue
-        if current is not None:
-            found.append(current)
-            current = None
-        if prefix in ("B", "I") and kind:
-            current = {"entity": kind, "start": word["start"], "end": word["end"],
-                       "scores": [word["score"]]}  # fmt: skip
-    if current is not None:
-        found.append(current)
-    return [
-        {"entity": e["entity"], "text": text[e["start"] : e["end"]], "start": e["start"],
-         "end": e["end"], "score": round(sum(e["scores"]) / len(e["scores"]), 6)}
-        for e in found
-    ]  # fmt: skip
+    """The words' IOB2 tags joined into entities with character offsets and mean score."""
+    found = []
+    for first, stop, kind in entity_spans([str(word["label"]) for word in tagged]):
+        words = tagged[first:stop]
+        start, end = words[0]["start"], words[-1]["end"]
+        score = round(sum(w["score"] for w in words) / len(words), 6)
+        found.append({"entity": kind, "text": text[start:end], "start": start, "end": end,
+                      "score": score})  # fmt: skip
+    return found
 
 
 class ClassifierState:
