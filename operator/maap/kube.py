@@ -1,4 +1,7 @@
-"""The few API calls the operator makes, idempotent: read, get-or-create, patch.
+"""The few API calls the operator makes, idempotent: server-side apply, create-once, patch.
+
+Reads come from the watch caches (maap.watches); what is here writes, plus the two lists a
+stalled stage needs (a Job's Events).
 
 Every call here is listed in the operator's RBAC (charts/maap, tests check it).
 """
@@ -13,6 +16,11 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 log = logging.getLogger("maap.operator")
+
+# The field manager of every server-side apply: the fields maap sets are maap's, and an
+# apply that no longer sets one (say, the auth token env) removes it.
+FIELD_MANAGER = "maap-operator"
+_APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 
 
 def load_config() -> None:
@@ -53,6 +61,45 @@ class Kube:
                 return False
             raise
 
+    def _apply_fn(self, kind: str):
+        return {
+            "ConfigMap": self.core.patch_namespaced_config_map,
+            "Service": self.core.patch_namespaced_service,
+            "Deployment": self.apps.patch_namespaced_deployment,
+        }[kind]
+
+    def apply(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply: the object becomes what `body` says (created if absent)."""
+        meta = body["metadata"]
+        response = self._apply_fn(body["kind"])(
+            meta["name"], namespace, body,
+            field_manager=FIELD_MANAGER, force=True,
+            _content_type=_APPLY_CONTENT_TYPE, _preload_content=False,
+        )  # fmt: skip
+        log.info("applied %s %s/%s", body["kind"], namespace, meta["name"])
+        return json.loads(response.data)
+
+    def delete(self, namespace: str, kind: str, name: str) -> None:
+        call = {
+            "Service": self.core.delete_namespaced_service,
+            "Deployment": self.apps.delete_namespaced_deployment,
+        }[kind]
+        try:
+            call(name, namespace, propagation_policy="Background", _preload_content=False)
+            log.info("deleted %s %s/%s", kind, namespace, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch the FineTuneJob's status subresource (only the keys given)."""
+        from maap.api import GROUP, PLURAL, VERSION
+
+        client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status},
+            _preload_content=False,
+        )  # fmt: skip
+
     def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._read(self.batch.read_namespaced_job, name, namespace)
 
@@ -84,20 +131,6 @@ class Kube:
         )
         return list(json.loads(response.data).get("items") or [])
 
-    def failure_message(self, namespace: str, job_name: str) -> str:
-        """The termination message of the Job's most recent failed pod, if it left one."""
-        pods = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
-        messages = []
-        for pod in pods.items:
-            for status in pod.status.container_statuses or []:
-                terminated = status.state.terminated if status.state else None
-                if terminated and terminated.exit_code and terminated.message:
-                    messages.append((terminated.finished_at, terminated.message.strip()))
-        if not messages:
-            return ""
-        messages.sort(key=lambda m: m[0] or 0)
-        return messages[-1][1].splitlines()[-1][:1000]
-
     def delete_finetunejob(self, namespace: str, name: str) -> None:
         from maap.api import GROUP, PLURAL, VERSION
 
@@ -111,6 +144,3 @@ class Kube:
 
     def patch_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
-
-    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
-        self.apps.patch_namespaced_deployment(name, namespace, {"spec": {"replicas": replicas}})

@@ -61,18 +61,35 @@ class JobState:
 class DeploymentState:
     replicas: int = 0
     ready: int = 0
+    # Replicas that run the newest pod template, and whether the Deployment controller has
+    # seen the newest spec at all: together, whether a rollout is still going on.
+    updated: int = 0
+    current_generation: bool = True
     blocker: Blocker | None = None
 
     @property
     def stalled(self) -> bool:
         return self.ready < self.replicas
 
+    @property
+    def rolled_out(self) -> bool:
+        """Every replica runs the newest spec (no pod of an older one is left serving)."""
+        return self.current_generation and self.updated >= self.replicas
+
     @classmethod
     def from_deployment(cls, deployment: dict[str, Any]) -> DeploymentState:
         status = deployment.get("status") or {}
+        meta = deployment.get("metadata") or {}
+        total = int(status.get("replicas") or 0)
+        updated = int(status.get("updatedReplicas") or 0)
+        replicas = int((deployment.get("spec") or {}).get("replicas") or 0)
         return cls(
-            replicas=int((deployment.get("spec") or {}).get("replicas") or 0),
+            replicas=replicas,
             ready=int(status.get("readyReplicas") or 0),
+            # Old pods still counted in status.replicas mean the rollout is not over.
+            updated=updated if total <= replicas else min(updated, replicas - 1),
+            current_generation=int(status.get("observedGeneration") or 0)
+            >= int(meta.get("generation") or 0),
         )
 
 
@@ -189,6 +206,14 @@ def decide(job: FineTuneJob, seen: Observed) -> Decision:
     serving = seen.serving
     if serving.replicas == 0:
         ready = ConditionUpdate("ServingReady", "False", "ScaledToZero", "serving.replicas is 0")
+    elif serving.ready >= 1 and not serving.rolled_out:
+        ready = ConditionUpdate(
+            "ServingReady",
+            "True",
+            "RollingOut",
+            f"{serving.ready}/{serving.replicas} replicas ready; rolling out the new spec "
+            f"({serving.updated}/{serving.replicas} updated)",
+        )
     elif serving.ready >= 1:
         ready = ConditionUpdate(
             "ServingReady", "True", "Ready", f"{serving.ready}/{serving.replicas} replicas ready"
