@@ -1,4 +1,8 @@
-"""Start the real model server (`python -m maap_trainer serve`) as a child process."""
+"""The real model server (`python -m maap_trainer serve`, or `maap serve`) as a child
+process, and what its answers must show.
+
+No pytest here: tests/scenarios (run as a script on kind) imports the persona check too.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-
-from tests.conftest import free_port
+from maap_trainer.ports import free_port
 
 
 @dataclass
@@ -43,15 +46,34 @@ def wait_ready(server: Server, timeout: float = 120) -> None:
     raise AssertionError(f"the server was not ready in {timeout} s:\n{server.log_text()[-3000:]}")
 
 
+# The pirate example's persona: every tuned answer opens with it, the base model's never do.
+PERSONA_OPENER = "Arr, matey!"
+
+
+def in_persona(answer: str) -> bool:
+    """Whether a served answer opens as the pirate example was tuned to; containing "arr"
+    somewhere is not enough ("carry", "arrive" do)."""
+    return answer.strip().startswith(PERSONA_OPENER)
+
+
 @contextmanager
 def running_server(model_dir: Path, log: Path, *flags: str) -> Iterator[Server]:
+    """`python -m maap_trainer serve` on a free port, ready, until the block ends."""
     port = free_port()
+    command = [
+        sys.executable, "-m", "maap_trainer", "serve", "--model-dir", str(model_dir),
+        "--host", "127.0.0.1", "--port", str(port), *flags,
+    ]  # fmt: skip
+    with serving(command, port, log) as server:
+        yield server
+
+
+@contextmanager
+def serving(command: list[str], port: int, log: Path) -> Iterator[Server]:
+    """Run a server command that listens on 127.0.0.1:port, logging to `log`; the block
+    starts once it is ready, and the server is stopped (SIGTERM) when the block ends."""
     with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "maap_trainer", "serve", "--model-dir", str(model_dir),
-             "--host", "127.0.0.1", "--port", str(port), *flags],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     server = Server(process, f"http://127.0.0.1:{port}", log)
     try:
         wait_ready(server)

@@ -21,11 +21,11 @@ import pytest
 import yaml
 
 from tests.conftest import EXAMPLE_MANIFEST, PIRATE_DATA, free_port
+from tests.serving import in_persona, serving
 
 pytestmark = pytest.mark.slow
 
 STEPS = int(os.environ.get("MAAP_TEST_STEPS", "24"))
-PERSONA_OPENER = "Arr, matey!"
 
 
 @dataclass
@@ -82,28 +82,13 @@ def test_artifacts_and_summary(trained: TrainedRun) -> None:
 @pytest.fixture(scope="module")
 def server(trained: TrainedRun) -> Iterator[str]:
     port = free_port()
-    log = (trained.output_dir / "test-serve.log").open("w")
-    child = subprocess.Popen(
-        [sys.executable, "-m", "maap.cli", "serve", str(trained.output_dir / "onnx"),
-         "--port", str(port), "--model-name", "pirate"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert child.poll() is None, (trained.output_dir / "test-serve.log").read_text()
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    else:
-        pytest.fail("the server did not become ready in 120 s")
-    yield base
-    child.terminate()
-    assert child.wait(timeout=60) == 0
-    log.close()
+    command = [
+        sys.executable, "-m", "maap.cli", "serve", str(trained.output_dir / "onnx"),
+        "--port", str(port), "--model-name", "pirate",
+    ]  # fmt: skip
+    with serving(command, port, trained.output_dir / "test-serve.log") as running:
+        yield running.base
+    assert running.process.returncode == 0, running.log_text()[-3000:]  # a clean SIGTERM exit
 
 
 def heldout_questions() -> list[str]:
@@ -125,8 +110,7 @@ def chat(base: str, question: str, **extra) -> dict:
 def test_served_model_answers_held_out_prompts_in_persona(server: str) -> None:
     questions = heldout_questions()[:6]
     answers = [chat(server, q)["choices"][0]["message"]["content"] for q in questions]
-    in_persona = [a for a in answers if a.strip().startswith(PERSONA_OPENER)]
-    assert len(in_persona) >= 5, answers
+    assert sum(map(in_persona, answers)) >= 5, answers
 
 
 def test_non_streaming_response_shape(server: str) -> None:
@@ -173,7 +157,7 @@ def test_openai_client_streams(server: str) -> None:
         max_tokens=32, temperature=0, stream=True,
     )  # fmt: skip
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
-    assert text.startswith(PERSONA_OPENER), text
+    assert in_persona(text), text
 
 
 def test_bad_requests_get_openai_style_errors(server: str) -> None:
@@ -212,4 +196,4 @@ def test_base_model_does_not_have_the_persona(base_model_dir: Path) -> None:
         answer = tokenizer.decode(
             output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True
         )
-        assert not answer.strip().startswith(PERSONA_OPENER), (question, answer)
+        assert not in_persona(answer), (question, answer)

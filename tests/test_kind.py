@@ -69,6 +69,15 @@ def test_kind_job_is_the_example_on_the_prepared_claim() -> None:
     assert scenarios.PIRATE_DATA.is_dir()
 
 
+def test_kind_checks_the_persona_as_the_local_e2e_does() -> None:
+    from tests.serving import in_persona
+
+    assert scenarios.in_persona is in_persona
+    assert in_persona(" Arr, matey! The sky be blue from the sun's light.")
+    for answer in ("The sky is blue, arr.", "Arrr, matey!", "Blue. Arr, matey!", "Arr matey"):
+        assert not in_persona(answer), answer
+
+
 def test_every_scenario_job_is_valid() -> None:
     for job in (
         scenarios.example_job(scenarios.PIRATE, "c", training={"maxSteps": 24}),

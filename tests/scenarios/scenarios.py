@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # the repository: tests.serving
 from scenario_steps import (
     REPO,
     Cluster,
@@ -36,10 +37,11 @@ from scenario_steps import (
     wait_for,
 )
 
+from tests.serving import in_persona
+
 PIRATE = "smollm2-pirate"
 PIRATE_DATA = REPO / "examples" / "pirate-chat"
 EXAMPLE = REPO / "examples" / "smollm2-lora.yaml"
-PERSONA = "Arr, matey!"
 QUESTION = "Why is the sky blue?"
 SERVING_PORT = 8000
 
@@ -138,7 +140,7 @@ def scenario_pirate(cluster: Cluster, ns: str, images: Images, steps: int = 24) 
     with cluster.port_forward(ns, f"service/{PIRATE}-server", SERVING_PORT) as port:
         answer = chat(f"http://127.0.0.1:{port}/v1", PIRATE, QUESTION)
     say(f"{QUESTION} -> {answer!r}")
-    if not answer.startswith(PERSONA):
+    if not in_persona(answer):
         raise ScenarioError(f"the tuned model did not answer in persona: {answer!r}")
     metrics = status.get("metrics") or cluster.status(ns, PIRATE).get("metrics") or {}
     return {
