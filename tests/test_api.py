@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 from maap.api import FineTuneJob
+from maap.builders import SERVING_TOKEN_ENV, OperatorSettings, build_serving_deployment
 from maap.manifest import ManifestError, load_manifest, parse_manifest
 
 from tests.conftest import EXAMPLE_MANIFEST
@@ -68,7 +69,8 @@ def test_camel_case_round_trip() -> None:
             with_spec(model={"preset": "smollm2-135m-instruct", "path": "/m"}),
             "set exactly one of model.preset or model.path",
         ),
-        (with_spec(model={"preset": "gpt-9"}), "unknown preset 'gpt-9'; valid presets:"),
+        (with_spec(model={"preset": "gpt-9"}), "spec.model.preset: Input should be 'all-minilm"),
+        (with_spec(model={"preset": "gpt-9"}), "(got 'gpt-9')"),
         (with_spec(training={"learningRate": -1}), "spec.training.learningRate:"),
         (with_spec(dataset={"path": "d.jsonl", "evalFraction": 0.9}), "spec.dataset.evalFraction"),
         (with_spec(serving={"port": 70000}), "spec.serving.port: Input should be less than"),
@@ -104,8 +106,29 @@ def test_load_manifest_needs_one_finetunejob(tmp_path) -> None:
 
 
 def test_trainer_config_is_the_data_plane_view() -> None:
-    job = parse_manifest(with_spec(serving={"replicas": 3, "port": 9000}))
+    job = parse_manifest(with_spec(serving={"replicas": 3, "port": 9000, "maxQueue": 5}))
     cfg = job.spec.trainer_config("demo", "/out")
-    assert cfg.serving.port == 9000
+    assert cfg.serving.port == 9000 and cfg.serving.max_queue == 5
     assert "replicas" not in cfg.serving.to_json_dict()
+    assert cfg.serving.auth_token_env is None and cfg.serving.auth_token_file is None
     assert cfg.output_dir == "/out" and cfg.job_name == "demo"
+
+
+def test_serving_auth_becomes_the_servers_token_variable() -> None:
+    # The cluster API says whether clients need a token; the server's config says where the
+    # token is: the variable the serving Deployment fills from the Secret.
+    job = parse_manifest(with_spec(serving={"auth": {"enabled": True, "secretName": "mine"}}))
+    serving = job.spec.trainer_config("demo", "/out").serving
+    assert serving.auth_token_env == SERVING_TOKEN_ENV and serving.auth_token_file is None
+    container = build_serving_deployment(job, "uid", OperatorSettings())["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    injected = {e["name"]: e.get("valueFrom") for e in container["env"]}
+    assert injected[SERVING_TOKEN_ENV] == {"secretKeyRef": {"name": "mine", "key": "token"}}
+
+
+@pytest.mark.parametrize("field", ["authTokenEnv", "authTokenFile"])
+def test_the_cluster_api_has_no_token_source(field: str) -> None:
+    # Only serving.auth: a token source beside it could contradict it.
+    with pytest.raises(ManifestError, match=f"spec.serving.{field}: unknown field"):
+        parse_manifest(with_spec(serving={field: "X"}))

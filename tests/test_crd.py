@@ -70,7 +70,8 @@ def test_schema_carries_validation_that_the_models_do() -> None:
     method = spec["properties"]["method"]["properties"]["type"]
     assert method["enum"] == ["lora", "qlora", "dora", "full"]
     model = spec["properties"]["model"]
-    assert model["x-kubernetes-validations"][0]["rule"] == "has(self.preset) != has(self.path)"
+    rules = [v["rule"] for v in model["x-kubernetes-validations"]]
+    assert "has(self.preset) != has(self.path)" in rules
     # Optional sub-objects default to {} so the API server fills nested defaults.
     assert spec["properties"]["training"]["default"] == {}
     assert spec["properties"]["training"]["properties"]["learningRate"]["default"] == 2e-4
@@ -95,5 +96,15 @@ def test_training_inputs_are_immutable_but_serving_is_not() -> None:
 
 def test_cross_section_rules_sit_on_the_spec() -> None:
     spec = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    messages = [v["message"] for v in spec.get("x-kubernetes-validations", [])]
-    assert any("qlora cannot run under deepspeed" in m for m in messages), messages
+    rules = {v["fieldPath"]: v for v in spec.get("x-kubernetes-validations", [])}
+    assert "qlora keeps frozen 4-bit" in rules[".method.type"]["message"]
+    # Values in a message come from the enum, so the cost estimate stays bounded.
+    assert '"token-classification"' in rules[".dataset.format"]["messageExpression"]
+    assert set(rules) >= {".dataset.format", ".training.task", ".method.lora.init"}
+
+
+def test_enum_strings_are_bounded() -> None:
+    # CEL's cost estimate of a rule that reads a string depends on its maxLength.
+    spec = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    task = spec["properties"]["training"]["properties"]["task"]
+    assert task["maxLength"] == len("token-classification")

@@ -121,7 +121,7 @@ def test_flags_override_the_job_config(tmp_path: Path) -> None:
     assert serving_config(parse()).port == 8000
     with pytest.raises(ConfigError, match="--max-batch-size: Input should be greater"):
         serving_config(parse("--max-batch-size", "0"))
-    with pytest.raises(ConfigError, match="authTokenFile: set at most one"):
+    with pytest.raises(ConfigError, match="--auth-token-file: set at most one"):
         serving_config(parse("--auth-token-env", "A", "--auth-token-file", "/f"))
 
 

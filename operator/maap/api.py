@@ -2,7 +2,8 @@
 
 The data-plane contract (model, dataset, method, training, deepspeed, export, serving)
 comes from `maap_trainer.config`; this module adds what only the cluster needs
-(replicas, resources, placement) and the status.
+(replicas, serving auth, resources, placement) and the status. Rules across fields are
+in `maap_trainer.rules`: pydantic enforces them here, the CRD carries them as CEL.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from maap_trainer.config import (
-    SPEC_CEL_RULES,
     CamelModel,
     DatasetSpec,
     DeepSpeedSpec,
@@ -18,6 +18,7 @@ from maap_trainer.config import (
     MethodSpec,
     ModelSource,
     ServingConfig,
+    ServingOptions,
     TrainerConfig,
     TrainingSpec,
 )
@@ -48,7 +49,12 @@ class ServingAuthSpec(CamelModel):
     )
 
 
-class ServingSpec(ServingConfig):
+class ServingSpec(ServingOptions):
+    """Serving as a user asks for it; the operator turns it into the server's config."""
+
+    rules_section = "serving"
+    rules_plane = "api"
+
     replicas: int = Field(default=1, ge=0, le=100, description="Serving pods behind the Service.")
     auth: ServingAuthSpec = Field(default_factory=ServingAuthSpec)
 
@@ -104,7 +110,8 @@ def immutable(name: str) -> dict[str, Any]:
 
 class FineTuneJobSpec(CamelModel):
     # Rules across sections (e.g. QLoRA under DeepSpeed) belong to the spec as a whole.
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": SPEC_CEL_RULES})
+    rules_section = ""
+    rules_plane = "api"
 
     # What was trained on, and how, cannot change under a running pipeline; serving,
     # suspend, deadlines and placement of future pods can.
@@ -141,7 +148,14 @@ class FineTuneJobSpec(CamelModel):
     )
 
     def trainer_config(self, job_name: str, output_dir: str) -> TrainerConfig:
-        """The data-plane view of this spec, as handed to every stage."""
+        """The data-plane view of this spec, as handed to every stage.
+
+        With serving.auth on, the server reads its token from the environment variable
+        that the serving pod (and `maap run`) fill from the Secret."""
+        from maap.builders import SERVING_TOKEN_ENV  # builders import this module
+
+        options = self.serving.model_dump(include=set(ServingOptions.model_fields))
+        token_env = SERVING_TOKEN_ENV if self.serving.auth.enabled else None
         return TrainerConfig(
             job_name=job_name,
             model=self.model,
@@ -150,7 +164,7 @@ class FineTuneJobSpec(CamelModel):
             training=self.training,
             deepspeed=self.deepspeed,
             export=self.export,
-            serving=ServingConfig(**self.serving.model_dump(exclude={"replicas", "auth"})),
+            serving=ServingConfig(**options, auth_token_env=token_env),
             output_dir=output_dir,
         )
 

@@ -88,7 +88,12 @@ def validate(manifest: Annotated[Path, typer.Argument(help="FineTuneJob YAML.")]
         job = load_manifest(manifest)
         cfg = resolve_trainer_config(job, manifest.parent.resolve(), Path("maap-output"))
         LocalRunner(cfg, console).check_inputs()
-    except (ManifestError, UserError) as exc:
+    except ManifestError as exc:
+        # One line per problem, each naming its field (`job.yaml: spec.method.type: ...`).
+        for line in exc.lines()[:-1]:
+            errors.print(f"[bold red]error:[/] {line}", soft_wrap=True, highlight=False)
+        raise fail(exc.lines()[-1]) from None
+    except UserError as exc:
         raise fail(str(exc)) from None
     console.print(f"{manifest}: FineTuneJob {job.metadata.name} is valid")
 

@@ -2,7 +2,8 @@
 
 Kubernetes wants a *structural* OpenAPI v3 schema: no `$ref`, no `anyOf` of types, a
 type on every node (or an explicit int-or-string / preserve-unknown-fields marker),
-boolean `exclusiveMinimum`. Pydantic emits JSON Schema 2020-12; this module translates.
+boolean `exclusiveMinimum`. Pydantic emits JSON Schema 2020-12; this module translates,
+then attaches the rule table (maap_trainer.rules) as CEL to the section each rule is for.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from maap_trainer.rules import RULES
 
 from maap.api import (
     API_VERSION,
@@ -108,6 +110,9 @@ def structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") -> di
             out["maximum"], out["exclusiveMaximum"] = value, True
     if "enum" in out and "type" not in out:
         out["type"] = "string" if all(isinstance(v, str) for v in out["enum"]) else "integer"
+    if out.get("type") == "string" and "enum" in out:
+        # Bounds the CEL cost estimate of rules and messages that read the value.
+        out.setdefault("maxLength", max(len(v) for v in out["enum"]))
 
     kind = node.get("type")
     if kind == "object" or "properties" in node:
@@ -151,6 +156,20 @@ def _default_sub_objects(node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
+def attach_rules(spec: dict[str, Any]) -> dict[str, Any]:
+    """Add each API rule of the table to its section's `x-kubernetes-validations`."""
+    for rule in RULES:
+        if not rule.in_crd:
+            continue
+        node = spec
+        for part in filter(None, rule.section.split(".")):
+            if part not in node.get("properties", {}):
+                raise SchemaError(f"rule {rule.name}: spec has no section {rule.section}")
+            node = node["properties"][part]
+        node.setdefault(_VALIDATIONS, []).append(rule.validation(node))
+    return spec
+
+
 def openapi_schema() -> dict[str, Any]:
     return {
         "type": "object",
@@ -160,7 +179,7 @@ def openapi_schema() -> dict[str, Any]:
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
-            "spec": _default_sub_objects(_section(FineTuneJobSpec)),
+            "spec": attach_rules(_default_sub_objects(_section(FineTuneJobSpec))),
             "status": _section(FineTuneJobStatus),
         },
     }

@@ -1,4 +1,5 @@
-"""Read a FineTuneJob manifest and turn every validation failure into one readable line."""
+"""Read a FineTuneJob manifest; every validation failure becomes a readable line naming the
+field (maap_trainer.field_errors formats them, as for every other caller)."""
 
 from __future__ import annotations
 
@@ -6,68 +7,28 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from maap_trainer.field_errors import field_errors
+from maap_trainer.field_errors import format_validation_error as _format
 from pydantic import BaseModel, ValidationError
 
 from maap.api import FineTuneJob
 
 
 class ManifestError(ValueError):
-    """A manifest that cannot be used; the message names the field and what is valid."""
+    """A manifest that cannot be used; each problem names the field and what is valid."""
 
+    def __init__(self, *problems: str, source: str = "") -> None:
+        self.problems, self.source = list(problems), source
+        super().__init__((f"{source}: " if source else "") + "; ".join(problems))
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "<document>"
-
-
-def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """Follow `loc` through nested pydantic models, to list valid field names."""
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        field = next(
-            (f for name, f in current.model_fields.items() if part in (name, f.alias)), None
-        )
-        if field is None:
-            return None
-        annotation = field.annotation
-        # Unwrap `X | None` and list[X].
-        for arg in getattr(annotation, "__args__", ()) or ():
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                annotation = arg
-        current = annotation
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+    def lines(self) -> list[str]:
+        """One line per problem, each naming the file (for `maap validate`)."""
+        return [f"{self.source}: {p}" if self.source else p for p in self.problems]
 
 
 def format_validation_error(exc: ValidationError, root: type[BaseModel] = FineTuneJob) -> str:
-    """One line per problem: `spec.method.type: ... (got 'banana')`."""
-    lines = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        path = _field_path(loc)
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            parent = _model_at(root, loc[:-1])
-            valid = (
-                ", ".join(f.alias or n for n, f in parent.model_fields.items()) if parent else ""
-            )
-            msg = "unknown field" + (f" (valid fields: {valid})" if valid else "")
-        elif kind == "missing":
-            msg = "required field is missing"
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            if "input" in err and not isinstance(err["input"], dict | list):
-                msg += f" (got {err['input']!r})"
-        lines.append(f"{path}: {msg}")
-    return "; ".join(lines)
+    """One line for all problems: `spec.method.type: ... (got 'banana'); ...`."""
+    return _format(exc, root)
 
 
 def parse_manifest(document: Any) -> FineTuneJob:
@@ -76,7 +37,7 @@ def parse_manifest(document: Any) -> FineTuneJob:
     try:
         return FineTuneJob.model_validate(document)
     except ValidationError as exc:
-        raise ManifestError(format_validation_error(exc)) from None
+        raise ManifestError(*map(str, field_errors(exc.errors(), FineTuneJob))) from None
 
 
 def load_manifest(path: Path) -> FineTuneJob:
@@ -100,4 +61,4 @@ def load_manifest(path: Path) -> FineTuneJob:
     try:
         return parse_manifest(jobs[0])
     except ManifestError as exc:
-        raise ManifestError(f"{path}: {exc}") from None
+        raise ManifestError(*exc.problems, source=str(path)) from None

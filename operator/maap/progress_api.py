@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from maap_trainer.field_errors import format_validation_error
 from maap_trainer.progress import ProgressReport
 from pydantic import ValidationError
 
@@ -83,7 +84,7 @@ class ProgressReceiver:
         try:
             report = ProgressReport.model_validate_json(await request.read())
         except ValidationError as exc:
-            return web.json_response({"error": str(exc.errors()[0]["msg"])}, status=400)
+            return web.json_response({"error": format_validation_error(exc)}, status=400)
         try:
             await asyncio.to_thread(self._patch, namespace, name, status_patch(report))
         except ApiException as exc:

@@ -32,6 +32,7 @@ from maap_trainer.errors import (
     UserError,
     write_termination_message,
 )
+from maap_trainer.field_errors import format_validation_error
 from maap_trainer.serve.launch import add_serve_arguments
 
 EXIT_USER_ERROR = 2
@@ -43,9 +44,7 @@ def _load_config(path: Path) -> TrainerConfig:
     except OSError as exc:
         raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+        raise ConfigError(f"{path}: {format_validation_error(exc, TrainerConfig)}") from None
 
 
 def _parser() -> argparse.ArgumentParser:

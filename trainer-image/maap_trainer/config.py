@@ -2,17 +2,19 @@
 
 These models are embedded in the FineTuneJob spec (the CRD is generated from them) and
 handed to the trainer, exporter and server as one JSON file. They import pydantic only,
-so the operator can use them without pulling in torch.
+so the operator can use them without pulling in torch. Rules across fields live in one
+table (maap_trainer.rules), which pydantic and the CRD's CEL rules both enforce.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from maap_trainer.presets import PRESETS
+from maap_trainer.rules import Plane, enforce
 
 Method = Literal["lora", "qlora", "dora", "full"]
 Task = Literal["causal-lm", "text-classification", "token-classification"]
@@ -24,6 +26,7 @@ TrainPrecision = Literal["auto", "fp32", "bf16", "fp16"]
 Precision = Literal["fp32", "fp16", "int8", "int4"]
 ExecutionProvider = Literal["cpu", "cuda"]
 QuantAlgorithm = Literal["auto", "default", "k_quant", "k_quant_mixed"]
+PresetName = Literal[tuple(sorted(PRESETS))]  # type: ignore[valid-type]
 
 
 class CamelModel(BaseModel):
@@ -36,6 +39,18 @@ class CamelModel(BaseModel):
         validate_default=True,
     )
 
+    # Where the model sits in the spec ("" is the root), for the rule table; None: no rules.
+    rules_section: ClassVar[str | None] = None
+    # "both" for the sections both planes share; "api" or "pod" for one plane's models.
+    rules_plane: ClassVar[Plane] = "both"
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Self:
+        """The only validator across fields: the rule table's, for this model's section."""
+        if self.rules_section is not None:
+            enforce(self, self.rules_section, self.rules_plane)
+        return self
+
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
@@ -43,21 +58,10 @@ class CamelModel(BaseModel):
 class ModelSource(CamelModel):
     """The base model: a preset from the catalogue, or a checkpoint directory."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.preset) != has(self.path)",
-                    "message": "set exactly one of model.preset or model.path",
-                }
-            ]
-        }
-    )
+    rules_section = "model"
 
-    preset: str | None = Field(
-        default=None,
-        description="Name of a model preset, e.g. smollm2-135m-instruct.",
-        json_schema_extra={"enum": sorted(PRESETS)},
+    preset: PresetName | None = Field(
+        default=None, description="Name of a model preset, e.g. smollm2-135m-instruct."
     )
     path: str | None = Field(
         default=None,
@@ -65,28 +69,9 @@ class ModelSource(CamelModel):
         min_length=1,
     )
 
-    @model_validator(mode="after")
-    def _exactly_one_source(self) -> ModelSource:
-        if (self.preset is None) == (self.path is None):
-            raise ValueError("set exactly one of model.preset or model.path")
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ValueError(
-                f"unknown preset {self.preset!r}; valid presets: {', '.join(sorted(PRESETS))}"
-            )
-        return self
-
     @property
     def display_name(self) -> str:
         return self.preset or self.path or ""
-
-
-def _changed_fields(model: CamelModel) -> list[str]:
-    """camelCase names of the fields whose value differs from the default."""
-    return [
-        info.alias or name
-        for name, info in type(model).model_fields.items()
-        if getattr(model, name) != info.get_default(call_default_factory=True)
-    ]
 
 
 class DatasetSpec(CamelModel):
@@ -117,17 +102,7 @@ class DatasetSpec(CamelModel):
 
 
 class LoraSpec(CamelModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!(has(self.init) && self.init == 'loftq' && has(self.rslora) "
-                    "&& self.rslora)",
-                    "message": "LoftQ initialisation cannot be combined with rslora",
-                }
-            ]
-        }
-    )
+    rules_section = "method.lora"
 
     r: int = Field(default=16, ge=1, le=1024, description="Adapter rank.")
     alpha: int = Field(default=32, ge=1, description="Adapter scaling (lora_alpha).")
@@ -154,62 +129,14 @@ class LoraSpec(CamelModel):
 
 
 class MethodSpec(CamelModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "self.type != 'qlora' || !has(self.lora) || !has(self.lora.init) "
-                    "|| self.lora.init == 'default' || self.lora.init == 'gaussian'",
-                    "message": "qlora keeps the base in 4 bits, which pissa and loftq "
-                    "initialisation rewrite; use type lora with lora.init pissa or loftq",
-                }
-            ]
-        }
-    )
+    rules_section = "method"
 
     type: Method = Field(default="lora", description="lora | qlora | dora | full.")
     lora: LoraSpec = Field(default_factory=LoraSpec)
 
-    @model_validator(mode="after")
-    def _sensible_combination(self) -> MethodSpec:
-        if self.type == "full":
-            # Compared with the defaults, not with what was written: the API server fills
-            # every default into a stored object.
-            changed = _changed_fields(self.lora)
-            if changed:
-                names = ", ".join(f"lora.{f}" for f in changed)
-                raise ValueError(
-                    f"{names}: full fine-tuning trains every weight, so adapter settings "
-                    "do not apply; remove them or pick type lora, qlora or dora"
-                )
-            return self
-        if self.type == "qlora" and self.lora.init in ("pissa", "loftq"):
-            raise ValueError(
-                f"lora.init: {self.lora.init} rewrites the base weights, but qlora keeps them "
-                f"in 4 bits; use type lora with init {self.lora.init} (loftq is itself a "
-                "4-bit-aware initialisation)"
-            )
-        if self.lora.init == "loftq" and self.lora.rslora:
-            raise ValueError(
-                "lora.rslora: LoftQ initialisation assumes the standard alpha/r scaling; "
-                "drop rslora or pick another init"
-            )
-        return self
-
 
 class TrainingSpec(CamelModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.packing) || !self.packing || !has(self.task) "
-                    "|| self.task == 'causal-lm'",
-                    "message": "packing concatenates token sequences; it applies to task "
-                    "causal-lm only",
-                }
-            ]
-        }
-    )
+    rules_section = "training"
 
     task: Task = Field(
         default="causal-lm",
@@ -264,34 +191,9 @@ class TrainingSpec(CamelModel):
         description="Passed through to transformers TrainingArguments as is.",
     )
 
-    @model_validator(mode="after")
-    def _packing_needs_causal_lm(self) -> TrainingSpec:
-        if self.packing and self.task != "causal-lm":
-            raise ValueError(
-                f"packing: packing concatenates token sequences for causal-lm; task {self.task} "
-                "classifies each row on its own"
-            )
-        return self
-
 
 class DeepSpeedSpec(CamelModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.offloadParameters) || !self.offloadParameters "
-                    "|| !has(self.zeroStage) || self.zeroStage == 3",
-                    "message": "offloadParameters needs zeroStage 3 (only ZeRO-3 partitions "
-                    "parameters)",
-                },
-                {
-                    "rule": "!has(self.offloadOptimizer) || !self.offloadOptimizer "
-                    "|| !has(self.zeroStage) || self.zeroStage >= 1",
-                    "message": "offloadOptimizer needs zeroStage 1, 2 or 3",
-                },
-            ]
-        }
-    )
+    rules_section = "deepspeed"
 
     enabled: bool = False
     zero_stage: Literal[0, 1, 2, 3] = Field(
@@ -310,71 +212,6 @@ class DeepSpeedSpec(CamelModel):
         description="A raw DeepSpeed config used instead of the generated one ('auto' values "
         "are filled in from training); excludes zeroStage/offload*.",
     )
-
-    @model_validator(mode="after")
-    def _sensible_combination(self) -> DeepSpeedSpec:
-        generated = {"zeroStage", "offloadOptimizer", "offloadParameters"}
-        changed = generated & set(_changed_fields(self))
-        if self.config is not None and changed:
-            names = ", ".join(sorted(changed))
-            raise ValueError(
-                f"config: a raw DeepSpeed config replaces the generated one; remove {names} "
-                "or the raw config"
-            )
-        if self.offload_parameters and self.zero_stage != 3:
-            raise ValueError(
-                f"offloadParameters: needs zeroStage 3 (got {self.zero_stage}); only ZeRO-3 "
-                "partitions parameters"
-            )
-        if self.offload_optimizer and self.zero_stage == 0:
-            raise ValueError("offloadOptimizer: needs zeroStage 1, 2 or 3 (got 0)")
-        return self
-
-
-TASK_FORMATS: dict[str, set[str]] = {
-    "causal-lm": {"auto", "chat", "alpaca", "prompt-completion", "text"},
-    "text-classification": {"auto", "classification"},
-    "token-classification": {"auto", "ner"},
-}
-
-
-def combination_problem(
-    method: MethodSpec,
-    training: TrainingSpec,
-    deepspeed: DeepSpeedSpec,
-    dataset: DatasetSpec,
-) -> str | None:
-    """The first cross-section combination that makes no sense, as one line, or None."""
-    task = training.task
-    if dataset.format not in TASK_FORMATS[task]:
-        valid = ", ".join(sorted(TASK_FORMATS[task]))
-        return (
-            f"dataset.format: {dataset.format} rows do not fit training.task {task} "
-            f"(valid: {valid})"
-        )
-    if deepspeed.enabled and method.type == "qlora":
-        return (
-            "method.type: qlora keeps frozen 4-bit bitsandbytes weights that DeepSpeed ZeRO "
-            "cannot partition or cast; use type lora or dora with deepspeed, or disable it"
-        )
-    if deepspeed.enabled and deepspeed.zero_stage == 3 and method.lora.init in ("pissa", "loftq"):
-        return (
-            f"method.lora.init: {method.lora.init} decomposes each full weight matrix, which "
-            "ZeRO-3 partitions across ranks; use deepspeed.zeroStage 0-2 or init default"
-        )
-    return None
-
-
-# The same rules as CEL, for the FineTuneJobSpec level of the CRD (the embedding API model
-# attaches them; within one section the section's own rules apply).
-SPEC_CEL_RULES: list[dict[str, str]] = [
-    {
-        "rule": "!has(self.deepspeed) || !has(self.deepspeed.enabled) || !self.deepspeed.enabled "
-        "|| !has(self.method) || !has(self.method.type) || self.method.type != 'qlora'",
-        "message": "method.type qlora cannot run under deepspeed: ZeRO cannot partition 4-bit "
-        "weights",
-    },
-]
 
 
 class ParitySpec(CamelModel):
@@ -412,24 +249,7 @@ class ParitySpec(CamelModel):
 
 
 class ExportSpec(CamelModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.precision) || self.precision != 'fp16' "
-                    "|| (has(self.executionProvider) && self.executionProvider == 'cuda')",
-                    "message": "precision fp16 needs executionProvider cuda (the ONNX Runtime "
-                    "GenAI builder builds fp16 for CUDA only)",
-                },
-                {
-                    "rule": "!has(self.quantization) || self.quantization == 'auto' "
-                    "|| (has(self.precision) && (self.precision == 'int4' "
-                    "|| self.precision == 'int8'))",
-                    "message": "quantization applies to precision int4 or int8 only",
-                },
-            ]
-        }
-    )
+    rules_section = "export"
 
     enabled: bool = True
     precision: Precision = Field(
@@ -452,32 +272,9 @@ class ExportSpec(CamelModel):
     )
     parity: ParitySpec = Field(default_factory=ParitySpec)
 
-    @model_validator(mode="after")
-    def _valid_combination(self) -> ExportSpec:
-        if self.precision == "fp16" and self.execution_provider != "cuda":
-            raise ValueError(
-                "precision: fp16 needs executionProvider cuda; the ONNX Runtime GenAI builder "
-                "builds fp16 for CUDA only (on cpu use fp32, int8 or int4)"
-            )
-        if self.quantization != "auto" and self.precision not in ("int4", "int8"):
-            raise ValueError(
-                f"quantization: {self.quantization} applies to precision int4 or int8, "
-                f"not {self.precision}"
-            )
-        return self
 
-
-class ServingConfig(CamelModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.authTokenEnv) || !has(self.authTokenFile)",
-                    "message": "set at most one of authTokenEnv or authTokenFile",
-                }
-            ]
-        }
-    )
+class ServingOptions(CamelModel):
+    """What a user may set about serving, in the cluster API and in the pod's config alike."""
 
     enabled: bool = True
     port: int = Field(default=8000, ge=1, le=65535)
@@ -493,6 +290,22 @@ class ServingConfig(CamelModel):
         le=100000,
         description="Requests that may wait for a batch slot; beyond that the server answers 429.",
     )
+    shutdown_grace_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="On SIGTERM, how long running requests may take to finish.",
+    )
+
+
+class ServingConfig(ServingOptions):
+    """The server's own config: the options plus where its bearer token comes from.
+
+    Not part of the cluster API: the operator sets the token source from serving.auth."""
+
+    rules_section = "serving"
+    rules_plane = "pod"
+
     auth_token_env: str | None = Field(
         default=None,
         min_length=1,
@@ -504,22 +317,13 @@ class ServingConfig(CamelModel):
         min_length=1,
         description="File holding the bearer token clients must send (e.g. a mounted Secret).",
     )
-    shutdown_grace_seconds: int = Field(
-        default=30,
-        ge=0,
-        le=3600,
-        description="On SIGTERM, how long running requests may take to finish.",
-    )
-
-    @model_validator(mode="after")
-    def _one_token_source(self) -> ServingConfig:
-        if self.auth_token_env is not None and self.auth_token_file is not None:
-            raise ValueError("authTokenFile: set at most one of authTokenEnv or authTokenFile")
-        return self
 
 
 class TrainerConfig(CamelModel):
     """Everything one pipeline run needs; written to `config.json` for each stage."""
+
+    rules_section = ""
+    rules_plane = "pod"
 
     job_name: str
     model: ModelSource
@@ -530,26 +334,3 @@ class TrainerConfig(CamelModel):
     export: ExportSpec = Field(default_factory=ExportSpec)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     output_dir: str = Field(description="Where every stage writes its artifacts.")
-
-    @model_validator(mode="after")
-    def _sensible_combination(self) -> TrainerConfig:
-        problem = combination_problem(
-            self.method,
-            self.training,
-            self.deepspeed,
-            self.dataset,
-        )
-        preset = PRESETS.get(self.model.preset or "")
-        encoder = preset is not None and preset.kind == "encoder"
-        if problem is None and encoder and self.training.task == "causal-lm":
-            problem = (
-                f"training.task: model.preset {self.model.preset} is an encoder, which cannot "
-                "generate text; use task text-classification or token-classification"
-            )
-        if problem:
-            # A ConfigError (not ValueError) passes through pydantic unchanged, so whoever
-            # builds this config (CLI, operator, a stage) reports it as one user-error line.
-            from maap_trainer.errors import ConfigError
-
-            raise ConfigError(problem)
-        return self

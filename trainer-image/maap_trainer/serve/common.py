@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
+from maap_trainer.field_errors import field_errors
 from maap_trainer.serve.auth import check_bearer
 from maap_trainer.serve.metrics import ServerMetrics
 from maap_trainer.serve.protocol import APIError, error_body
@@ -80,10 +81,9 @@ def install_common(
         if first.get("type") == "json_invalid":
             message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error')}"
             return JSONResponse(error_body(message, "invalid_request_error"), 400)
-        loc = [str(p) for p in first["loc"] if p != "body" and str(p) not in _UNION_BRANCHES]
-        param = ".".join(loc) or None
-        detail = str(first["msg"]).removeprefix("Value error, ")
-        message = f"{param}: {detail}" if param else detail
+        problems = field_errors(exc.errors(), style="param", skip={"body", *_UNION_BRANCHES})
+        message = "; ".join(str(p) for p in problems)
+        param = problems[0].field or None
         return JSONResponse(error_body(message, "invalid_request_error", param), 400)
 
     @app.get("/healthz")

@@ -13,6 +13,7 @@ from typing import Any
 
 from maap_trainer.config import ServingConfig
 from maap_trainer.errors import ConfigError
+from maap_trainer.field_errors import format_validation_error
 
 log = logging.getLogger("maap.serve")
 
@@ -68,9 +69,7 @@ def serving_config(args: argparse.Namespace) -> ServingConfig:
     try:
         return ServingConfig.model_validate(merged)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-")
-        raise ConfigError(f"{where}: {first['msg']}") from None
+        raise ConfigError(format_validation_error(exc, style="flag")) from None
 
 
 def _job_serving_config(path: Path) -> ServingConfig:
@@ -83,9 +82,7 @@ def _job_serving_config(path: Path) -> ServingConfig:
     except OSError as exc:
         raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+        raise ConfigError(f"{path}: {format_validation_error(exc, TrainerConfig)}") from None
 
 
 def parse_adapters(values: list[str]) -> dict[str, Path]:
