@@ -1,14 +1,16 @@
 """The content keys of tests/cluster/image_keys.py: an image is rebuilt exactly when what its
 Dockerfile copies in (or the Dockerfile, its build arguments, its base) changes.
 
-No buildah needed: the keys are hashes of files, computed on a throwaway git repository
-and on this one.
+No buildah needed: the keys are hashes of files, computed on throwaway git repositories: a
+small one, and a copy of this repository's image inputs.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -98,17 +100,61 @@ def test_key_changes_with_new_files_modes_dockerfile_args_and_base(context: Path
     assert key_of(context) != before
 
 
-def test_repo_images_hash_what_their_dockerfiles_copy() -> None:
-    trainer = image_keys.copy_sources((REPO / image_keys.IMAGES["trainer"].dockerfile).read_text())
-    files = image_keys.context_files(REPO, trainer)
-    for name in (
-        "trainer-image/constraints.txt",
-        "trainer-image/portable-cxx.sh",
-        "pyproject.toml",
-        "operator/maap/api.py",
-        "trainer-image/maap_trainer/__main__.py",
-    ):
-        assert name in files
-    assert not [f for f in files if f.startswith(("tests/", "charts/", "examples/"))]
-    assert image_keys.key("trainer") != image_keys.key("operator")
-    assert image_keys.key("operator") == image_keys.key("operator")
+@pytest.fixture()
+def repo_copy(tmp_path: Path) -> Path:
+    """The images' build inputs of this repository (their Dockerfiles, .dockerignore and
+    every file they copy), plus files they do not copy, in a throwaway git repository."""
+    names = {image.dockerfile for image in image_keys.IMAGES.values()} | {".dockerignore"}
+    for image in image_keys.IMAGES.values():
+        sources = image_keys.copy_sources((REPO / image.dockerfile).read_text())
+        names |= set(image_keys.context_files(REPO, sources))
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, tmp_path / name)
+    for name in ("docs/notes.md", "tests/test_x.py", "examples/job.yaml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x\n")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    return tmp_path
+
+
+def repo_keys(context: Path) -> dict[str, str]:
+    return {
+        name: image_keys.image_key(context / image.dockerfile, context, image.args, "base")
+        for name, image in image_keys.IMAGES.items()
+    }
+
+
+def test_repo_images_are_keyed_by_what_each_one_copies(repo_copy: Path) -> None:
+    before = repo_keys(repo_copy)
+    assert before["trainer"] != before["operator"]
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for name, image in image_keys.IMAGES.items():
+        sources = image_keys.copy_sources((REPO / image.dockerfile).read_text())
+        hashed = image_keys.context_files(repo_copy, sources)
+        for package in setuptools["packages"]:  # both images install every package
+            top, *sub = package.split(".")
+            init = "/".join([setuptools["package-dir"][top], *sub, "__init__.py"])
+            assert init in hashed, f"{name}: {init} is not hashed"
+    changed_by = {
+        "operator/maap/api.py": {"trainer", "operator"},
+        "trainer-image/maap_trainer/serve/server.py": {"trainer", "operator"},
+        "README.md": {"trainer", "operator"},  # pyproject's readme: part of the install
+        "trainer-image/constraints.txt": {"trainer"},
+        "trainer-image/portable-cxx.sh": {"trainer"},
+        "operator/requirements.txt": {"operator"},
+        "docs/notes.md": set(),
+        "tests/test_x.py": set(),
+        "examples/job.yaml": set(),
+    }
+    for name, images in changed_by.items():
+        path = repo_copy / name
+        text = path.read_text()
+        path.write_text(text + "\n# changed\n")
+        after = repo_keys(repo_copy)
+        assert {n for n in after if after[n] != before[n]} == images, name
+        path.write_text(text)
+    (repo_copy / "operator" / "maap" / "new_module.py").write_text("")  # untracked: copied
+    after = repo_keys(repo_copy)
+    assert after["trainer"] != before["trainer"] and after["operator"] != before["operator"]

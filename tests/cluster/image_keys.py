@@ -10,12 +10,12 @@ The first 12 hex digits of each are its tag. Standard library only, no buildah n
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from dockerfile_reader import parse as parse_dockerfile
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -97,19 +97,8 @@ def base_ref() -> str:
 
 def copy_sources(dockerfile: str) -> list[str]:
     """The repository paths the Dockerfile's COPY/ADD lines bring in (not --from= ones)."""
-    text = re.sub(r"\\\n", " ", dockerfile)
-    sources: list[str] = []
-    for line in text.splitlines():
-        words = line.split()
-        if not words or words[0].upper() not in ("COPY", "ADD"):
-            continue
-        args = [w for w in words[1:] if not w.startswith("--")]
-        if any(w.startswith("--from") for w in words[1:]):
-            continue
-        if args and args[0].startswith("["):
-            args = json.loads(" ".join(args))
-        sources += [a.strip("/") or "." for a in args[:-1]]
-    return sources
+    stages = parse_dockerfile(dockerfile).stages
+    return [copy.source.strip("/") or "." for stage in stages for _, copy in stage.copies()]
 
 
 def context_files(context: Path, sources: list[str]) -> list[str]:
