@@ -71,11 +71,28 @@ class Kube:
     def apply(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply: the object becomes what `body` says (created if absent)."""
         meta = body["metadata"]
-        response = self._apply_fn(body["kind"])(
-            meta["name"], namespace, body,
-            field_manager=FIELD_MANAGER, force=True,
-            _content_type=_APPLY_CONTENT_TYPE, _preload_content=False,
-        )  # fmt: skip
+
+        def apply() -> Any:
+            return self._apply_fn(body["kind"])(
+                meta["name"], namespace, body,
+                field_manager=FIELD_MANAGER, force=True,
+                _content_type=_APPLY_CONTENT_TYPE, _preload_content=False,
+            )  # fmt: skip
+
+        try:
+            response = apply()
+        except ApiException as exc:
+            if exc.status != 422 or body["kind"] != "Service":
+                raise
+            # Someone changed a port by hand: ports are a list keyed by port number, so the
+            # applied port would be added beside theirs (a duplicate name). Put the list
+            # back first, then apply to own it again.
+            self.core.patch_namespaced_service(
+                meta["name"], namespace,
+                {"spec": {"ports": [{"$patch": "replace"}, *body["spec"]["ports"]]}},
+                _preload_content=False,
+            )  # fmt: skip
+            response = apply()
         log.info("applied %s %s/%s", body["kind"], namespace, meta["name"])
         return json.loads(response.data)
 

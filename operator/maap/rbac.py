@@ -17,24 +17,34 @@ RULES: list[tuple[list[str], list[str], list[str]]] = [
     # Watch FineTuneJobs; kopf patches its annotations; ttlSecondsAfterFinished deletes.
     ([GROUP], [PLURAL], ["get", "list", "watch", "patch", "delete"]),
     ([GROUP], [f"{PLURAL}/status"], ["get", "patch"]),
-    # Children: get-or-create, plus the patches the pipeline makes.
-    ([""], ["configmaps", "persistentvolumeclaims", "services"], ["get", "create"]),
-    ([""], ["secrets"], ["get", "create"]),  # the per-job progress token
-    (["batch"], ["jobs"], ["get", "create", "patch"]),  # patch: spec.suspend
-    (["apps"], ["deployments"], ["get", "create", "patch"]),  # patch: serving replicas
-    # A failed pod's termination message; why a stage's pods do not run (blockers.py).
-    ([""], ["pods"], ["list"]),
+    # Children: server-side apply (patch; create for the first apply) brings each to what
+    # its builder says; list/watch feed the in-memory caches that replace polling.
+    ([""], ["configmaps"], ["get", "list", "watch", "create", "patch"]),
+    ([""], ["persistentvolumeclaims"], ["get", "create"]),  # created once
+    # delete: the server goes when serving is switched off.
+    ([""], ["services"], ["get", "list", "watch", "create", "patch", "delete"]),
+    ([""], ["secrets"], ["get", "create"]),  # the progress and serving tokens: create once
+    (["batch"], ["jobs"], ["get", "list", "watch", "create", "patch"]),
+    (["apps"], ["deployments"], ["get", "list", "watch", "create", "patch", "delete"]),
+    # Why a stage's pods do not run (blockers.py), a failed pod's termination message.
+    ([""], ["pods"], ["list", "watch"]),
     # Kopf's Events for users; list: a Job's FailedCreate warnings (e.g. Pod Security).
     ([""], ["events"], ["create", "list"]),
     ([""], ["namespaces"], ["list", "watch"]),
     (["apiextensions.k8s.io"], ["customresourcedefinitions"], ["list", "watch"]),
+    # High availability (Kopf peering): each replica watches the peering object and patches
+    # its keep-alive into it; a KopfPeering per watched namespace, or one ClusterKopfPeering.
+    # get: `maap operator` checks at start that the object exists (maap/peering.py).
+    (["kopf.dev"], ["kopfpeerings"], ["get", "list", "watch", "patch"]),
+    (["kopf.dev"], ["clusterkopfpeerings"], ["get", "list", "watch", "patch"]),
 ]
 
 # The cluster-scoped resources among RULES. When the operator watches a list of namespaces
 # (the Helm chart's `watchNamespaces`), everything else is granted per namespace by a Role;
 # only these read-only discovery rules stay cluster-wide (kopf uses them to notice new
-# namespaces and CRDs; without them it logs a warning and stops noticing).
-CLUSTER_SCOPED = frozenset({"namespaces", "customresourcedefinitions"})
+# namespaces and CRDs; without them it logs a warning and stops noticing). The chart
+# leaves clusterkopfpeerings out there: a namespaced operator peers through KopfPeerings.
+CLUSTER_SCOPED = frozenset({"namespaces", "customresourcedefinitions", "clusterkopfpeerings"})
 
 
 def _rule(groups: list[str], resources: list[str], verbs: list[str]) -> dict[str, Any]:

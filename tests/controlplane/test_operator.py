@@ -72,7 +72,7 @@ class OperatorProcess(MaapProcess):
             ["operator", "--liveness-port", str(self.liveness_port),
              "--metrics-port", str(self.metrics_port)],
             {
-                "MAAP_RECONCILE_INTERVAL": "1",
+                "MAAP_WAIT_CHECK_SECONDS": "1",
                 "MAAP_PROGRESS_PORT": str(self.progress_port),
                 "MAAP_PROGRESS_URL": f"http://127.0.0.1:{self.progress_port}",
             },
@@ -258,6 +258,121 @@ def test_pipeline_reaches_serving(cluster: Cluster) -> None:
         "children to be garbage-collected",
         lambda: cluster.read_job("chat-train") is None and cluster.read_job("chat-export") is None
         and not cluster.apps.list_namespaced_deployment(cluster.namespace).items,
+        60, cluster.op,
+    )  # fmt: skip
+
+
+def _server(cluster: Cluster, name: str) -> tuple[Any, Any]:
+    apps, core, ns = cluster.apps, cluster.core, cluster.namespace
+    return (
+        apps.read_namespaced_deployment(f"{name}-server", ns),
+        core.read_namespaced_service(f"{name}-server", ns),
+    )
+
+
+def _token_env(deployment: Any) -> str | None:
+    [container] = deployment.spec.template.spec.containers
+    for env in container.env or []:
+        if env.name == "MAAP_SERVING_TOKEN" and env.value_from:
+            return env.value_from.secret_key_ref.name
+    return None
+
+
+def test_spec_changes_reach_the_children_and_status_reports_what_is_served(
+    cluster: Cluster,
+) -> None:
+    """The issue's reproduction: auth on and a new port on a job in Serving."""
+    cluster.create(finetunejob("probe", "sc-probe"))
+    cluster.wait_phase("probe", "Serving", timeout=120)
+    status = wait_until(
+        "ServingReady", lambda: (s := cluster.status("probe")) and
+        condition(s, "ServingReady")["status"] == "True" and s, 60, cluster.op,
+    )  # fmt: skip
+    assert status["endpoint"] == f"http://probe-server.{cluster.namespace}.svc:8000/v1"
+    assert "authSecret" not in status
+    deployment, _ = _server(cluster, "probe")
+    assert _token_env(deployment) is None
+    config_hash = deployment.spec.template.metadata.annotations["maap.dev/config-hash"]
+
+    patched = cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, cluster.namespace, PLURAL, "probe",
+        {"spec": {"serving": {"auth": {"enabled": True}, "port": 9000, "maxBatchSize": 4}}},
+    )  # fmt: skip
+
+    def followed() -> bool:
+        deployment, service = _server(cluster, "probe")
+        [container] = deployment.spec.template.spec.containers
+        return (
+            service.spec.ports[0].port == 9000
+            and container.ports[0].container_port == 9000
+            and _token_env(deployment) == "probe-serving-auth"
+        )
+
+    wait_until("the Deployment and Service to follow the spec", followed, 30, cluster.op)
+    deployment, _ = _server(cluster, "probe")
+    # A changed config rolls the pods (they read config.json once, at start).
+    assert deployment.spec.template.metadata.annotations["maap.dev/config-hash"] != config_hash
+    token = cluster.core.read_namespaced_secret("probe-serving-auth", cluster.namespace)
+    assert len(base64.b64decode(token.data["token"])) >= 32
+    config = json.loads(
+        cluster.core.read_namespaced_config_map("probe-config", cluster.namespace).data[
+            "config.json"
+        ]
+    )
+    assert config["serving"]["port"] == 9000
+    assert config["serving"]["maxBatchSize"] == 4
+    assert config["serving"]["authTokenEnv"] == "MAAP_SERVING_TOKEN"
+
+    # Status reports the auth Secret once every replica runs the new spec.
+    status = wait_until(
+        "status to report the served auth",
+        lambda: (s := cluster.status("probe")).get("authSecret") == "probe-serving-auth"
+        and condition(s, "ServingReady")["reason"] == "Ready" and s, 60, cluster.op,
+    )  # fmt: skip
+    assert status["endpoint"] == f"http://probe-server.{cluster.namespace}.svc:9000/v1"
+    assert status["observedGeneration"] == patched["metadata"]["generation"]
+    assert (
+        condition(status, "ServingReady")["observedGeneration"]
+        == (patched["metadata"]["generation"])
+    )
+
+    # A child edited behind the operator's back is put back.
+    cluster.core.patch_namespaced_service(
+        "probe-server",
+        cluster.namespace,
+        [{"op": "replace", "path": "/spec/ports/0/port", "value": 7000}],
+    )
+    wait_until(
+        "the Service port to be restored",
+        lambda: _server(cluster, "probe")[1].spec.ports[0].port == 9000, 30, cluster.op,
+    )  # fmt: skip
+
+    # Auth off again: the token env goes, and status stops naming the Secret.
+    cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, cluster.namespace, PLURAL, "probe",
+        {"spec": {"serving": {"auth": {"enabled": False}}}},
+    )  # fmt: skip
+    wait_until(
+        "the token env to be removed",
+        lambda: _token_env(_server(cluster, "probe")[0]) is None, 30, cluster.op,
+    )  # fmt: skip
+    wait_until(
+        "status to stop naming the auth Secret",
+        lambda: "authSecret" not in cluster.status("probe"), 60, cluster.op,
+    )  # fmt: skip
+
+    # Serving switched off: the server goes and the job Succeeded.
+    cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, cluster.namespace, PLURAL, "probe",
+        {"spec": {"serving": {"enabled": False}}},
+    )  # fmt: skip
+    status = cluster.wait_phase("probe", "Succeeded", timeout=60)
+    assert "endpoint" not in status
+    wait_until(
+        "the server to be deleted",
+        lambda: not cluster.apps.list_namespaced_deployment(cluster.namespace).items
+        and not [s for s in cluster.core.list_namespaced_service(cluster.namespace).items
+                 if s.metadata.name == "probe-server"],
         60, cluster.op,
     )  # fmt: skip
 
