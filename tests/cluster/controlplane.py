@@ -181,6 +181,17 @@ class _Process:
     logfile: IO[bytes]
 
 
+def exited(procs: Sequence[_Process], what: str) -> str | None:
+    """Why waiting for `what` is over: the first process that exited, with its log tail."""
+    for p in procs:
+        if p.popen.poll() is not None:
+            return (
+                f"{p.name} exited with {p.popen.returncode} while waiting for {what}; "
+                f"last lines of {p.log}:\n{_tail(p.log)}"
+            )
+    return None
+
+
 class _Pki:
     """Certificates and keys made with the openssl CLI: a CA, the apiserver's serving cert,
     client certs per identity, and the service-account signing key pair."""
@@ -425,12 +436,8 @@ class ControlPlane:
         deadline = time.monotonic() + self.timeout
         last_error: BaseException | None = None
         while time.monotonic() < deadline:
-            for p in self._procs:
-                if p.popen.poll() is not None:
-                    raise ControlPlaneError(
-                        f"{p.name} exited with {p.popen.returncode} while waiting for {what}; "
-                        f"last lines of {p.log}:\n{_tail(p.log)}"
-                    )
+            if died := exited(self._procs, what):
+                raise ControlPlaneError(died)
             try:
                 if check():
                     self._say(f"{what}: ok")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import node_images
-from controlplane import _die_with_parent, _Process, _tail
+from controlplane import _die_with_parent, _Process, _tail, exited
 
 NODE_BINARIES = ("kubelet", "kube-proxy", "containerd", "ctr", "containerd-shim-runc-v2", "coredns")
 CNI_BIN_DIR = Path("/usr/lib/cni")
@@ -107,12 +107,8 @@ class Processes:
         deadline = time.monotonic() + timeout
         last: BaseException | None = None
         while time.monotonic() < deadline:
-            for p in self.procs:
-                if p.popen.poll() is not None:
-                    raise RealNodeError(
-                        f"{p.name} exited with {p.popen.returncode} while waiting for {what}; "
-                        f"last lines of {p.log}:\n{_tail(p.log)}"
-                    )
+            if died := exited(self.procs, what):
+                raise RealNodeError(died)
             try:
                 value = check()
                 if value:

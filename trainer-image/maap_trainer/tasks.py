@@ -100,23 +100,13 @@ def _classification(cfg: TrainerConfig, splits: DatasetSplits, tokenizer: Any) -
     if len(names) < 2:
         raise ConfigError(f"dataset: text-classification needs at least 2 labels, found {names}")
     index = {n: i for i, n in enumerate(names)}
-    max_len = cfg.training.max_seq_length
-    truncated = 0
+    rows = _Truncating(cfg.training.max_seq_length)
 
-    def encode(rows: list[Example]) -> list[Row]:
-        nonlocal truncated
-        out = []
-        for e in rows:
-            enc = tokenizer(e.text or "", truncation=False)
-            truncated += len(enc["input_ids"]) > max_len
-            out.append(
-                {
-                    "input_ids": enc["input_ids"][:max_len],
-                    "attention_mask": enc["attention_mask"][:max_len],
-                    "labels": index[e.label or ""],
-                }
-            )
-        return out
+    def encode(examples: list[Example]) -> list[Row]:
+        return [
+            rows.row(tokenizer(e.text or "", truncation=False), index[e.label or ""])
+            for e in examples
+        ]
 
     from transformers import DataCollatorWithPadding
 
@@ -126,8 +116,25 @@ def _classification(cfg: TrainerConfig, splits: DatasetSplits, tokenizer: Any) -
         encode(splits.eval),
         DataCollatorWithPadding(tokenizer),
         classification_metrics,
-        {"truncatedRows": truncated, "labels": names},
+        {"truncatedRows": rows.truncated, "labels": names},
     )
+
+
+@dataclass
+class _Truncating:
+    """Encoded rows cut to max_len tokens, counting how many were cut."""
+
+    max_len: int
+    truncated: int = 0
+
+    def row(self, enc: Any, labels: int | list[int]) -> Row:
+        self.truncated += len(enc["input_ids"]) > self.max_len
+        cut = self.max_len
+        return {
+            "input_ids": enc["input_ids"][:cut],
+            "attention_mask": enc["attention_mask"][:cut],
+            "labels": labels if isinstance(labels, int) else labels[:cut],
+        }
 
 
 def classification_metrics(prediction: Any) -> dict[str, float]:
@@ -157,15 +164,12 @@ def _token_classification(cfg: TrainerConfig, splits: DatasetSplits, tokenizer: 
         if not iob2.is_tag(name):
             raise ConfigError(f"dataset: NER tag {name!r} is not IOB2 (O, B-TYPE or I-TYPE)")
     index = {n: i for i, n in enumerate(names)}
-    max_len = cfg.training.max_seq_length
-    truncated = 0
+    rows = _Truncating(cfg.training.max_seq_length)
 
-    def encode(rows: list[Example]) -> list[Row]:
-        nonlocal truncated
+    def encode(examples: list[Example]) -> list[Row]:
         out = []
-        for e in rows:
+        for e in examples:
             enc = tokenizer(e.tokens, is_split_into_words=True, truncation=False)
-            truncated += len(enc["input_ids"]) > max_len
             labels, previous = [], None
             for word in enc.word_ids():
                 # Only a word's first sub-token carries its tag; the rest are not scored.
@@ -173,13 +177,7 @@ def _token_classification(cfg: TrainerConfig, splits: DatasetSplits, tokenizer: 
                     IGNORE_INDEX if word is None or word == previous else index[e.tags[word]]
                 )
                 previous = word
-            out.append(
-                {
-                    "input_ids": enc["input_ids"][:max_len],
-                    "attention_mask": enc["attention_mask"][:max_len],
-                    "labels": labels[:max_len],
-                }
-            )
+            out.append(rows.row(enc, labels))
         return out
 
     from transformers import DataCollatorForTokenClassification
@@ -190,7 +188,7 @@ def _token_classification(cfg: TrainerConfig, splits: DatasetSplits, tokenizer: 
         encode(splits.eval),
         DataCollatorForTokenClassification(tokenizer),
         lambda prediction: ner_metrics(prediction, names),
-        {"truncatedRows": truncated, "labels": names},
+        {"truncatedRows": rows.truncated, "labels": names},
     )
 
 
