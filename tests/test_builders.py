@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from maap import builders
+from maap import builders, stages
 from maap.builders import OperatorSettings
 from maap.manifest import parse_manifest
 from maap.pipeline import (
@@ -144,6 +144,27 @@ def test_export_never_asks_for_gpus_and_serving_follows_the_spec() -> None:
     assert builders.service_endpoint(j) == "http://demo-server.team-a.svc:9000/v1"
 
 
+def test_every_stage_command_comes_from_maap_stages() -> None:
+    """One function per stage builds its command line; the pods run exactly that, and every
+    setting beyond the paths comes from the mounted config.json."""
+    j = job(serving={"port": 9000, "maxBatchSize": 4, "maxTokensLimit": 256})
+    config = "/etc/maap/config.json"
+
+    def command(obj: dict[str, Any]) -> list[str]:
+        return obj["spec"]["template"]["spec"]["containers"][0]["command"]
+
+    assert command(builders.build_training_job(j, UID, SETTINGS)) == stages.train_command(config)
+    assert command(builders.build_export_job(j, UID, SETTINGS)) == stages.export_command(config)
+    serve = command(builders.build_serving_deployment(j, UID, SETTINGS))
+    assert serve == stages.serve_command(config, "/workspace/output/onnx", "demo")
+    assert serve == [
+        "python", "-m", "maap_trainer", "serve", "--config", config,
+        "--model-dir", "/workspace/output/onnx", "--model-name", "demo",
+    ]  # fmt: skip
+    serving = json.loads(builders.build_config_map(j, UID)["data"]["config.json"])["serving"]
+    assert (serving["port"], serving["maxBatchSize"], serving["maxTokensLimit"]) == (9000, 4, 256)
+
+
 def test_existing_claim_replaces_the_per_job_claim() -> None:
     j = job(storage={"existingClaim": "shared-models"})
     assert builders.build_pvc(j, UID) is None
@@ -249,9 +270,11 @@ def test_serving_auth_secret_and_preset_memory_default() -> None:
     container = builders.build_serving_deployment(on, UID, SETTINGS)["spec"]["template"]["spec"][
         "containers"
     ][0]
-    i = container["command"].index("--auth-token-env")
+    # The config says where the token is; the pod fills that variable from the Secret.
+    assert "--auth-token-env" not in container["command"]
+    config = json.loads(builders.build_config_map(on, UID)["data"]["config.json"])
     env = {e["name"]: e for e in container["env"]}
-    token_ref = env[container["command"][i + 1]]["valueFrom"]["secretKeyRef"]
+    token_ref = env[config["serving"]["authTokenEnv"]]["valueFrom"]["secretKeyRef"]
     assert token_ref == {"name": "demo-serving-auth", "key": "token"}
 
     own = job(serving={"auth": {"enabled": True, "secretName": "team-token"}})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import socket
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import yaml
 from maap.crd import render_crd
 
 from tests.conftest import EXAMPLE_MANIFEST, PIRATE_DATA
+from tests.export_fixtures import int4_export  # noqa: F401
 
 
 def maap(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -93,3 +96,115 @@ def test_validate_and_crd_commands(tmp_path: Path) -> None:
     assert done.returncode == 0 and "is valid" in done.stdout
     crd = maap("crd")
     assert crd.returncode == 0 and crd.stdout == render_crd()
+
+
+# -- one serve command: the pod, `maap run` and `maap serve` ---------------------------------
+
+SERVING = {"port": 9123, "maxBatchSize": 3, "maxQueue": 7, "maxTokensLimit": 64,
+           "auth": {"enabled": True}}  # fmt: skip
+
+
+def _local_job(tmp_path: Path):
+    from maap.local.runner import LocalRunner, resolve_trainer_config
+    from maap.manifest import load_manifest
+    from rich.console import Console
+
+    path = manifest(tmp_path, serving=SERVING)
+    job = load_manifest(path)
+    cfg = resolve_trainer_config(job, path.parent, tmp_path / "out")
+    return job, LocalRunner(cfg, Console(file=io.StringIO()))
+
+
+def test_pod_maap_run_and_maap_serve_start_the_same_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from maap import builders
+    from maap.local.serving import job_config_beside, local_server
+    from maap.podspec import CONFIG_PATH, OperatorSettings
+    from maap.stages import serve_command
+
+    monkeypatch.delenv("MAAP_SERVING_TOKEN", raising=False)
+    job, runner = _local_job(tmp_path)
+    deployment = builders.build_serving_deployment(job, "uid", OperatorSettings())
+    pod = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    name = job.metadata.name
+    assert pod == serve_command(CONFIG_PATH, "/workspace/output/onnx", name)
+
+    ran = runner.server("127.0.0.1", 9123)  # what `maap run` starts after the export
+    onnx = runner.output_dir / "onnx"
+    # What `maap serve OUTPUT/JOB/onnx` starts: the job's config found beside the model.
+    served = local_server(onnx, job_config_beside(onnx), "127.0.0.1", 9123)
+    assert ran.argv == served.argv == [
+        sys.executable, "-m", "maap_trainer", "serve", "--config", str(runner.config_path),
+        "--model-dir", str(onnx), "--model-name", name, "--host", "127.0.0.1", "--port", "9123",
+    ]  # fmt: skip
+    # The same flags everywhere; locally only where it listens is added.
+    flags = [a for a in pod if a.startswith("--")]
+    assert [a for a in ran.argv if a.startswith("--")] == [*flags, "--host", "--port"]
+    # ... and the same serving settings: the config files differ only in their paths.
+    pod_config = json.loads(builders.build_config_map(job, "uid")["data"]["config.json"])
+    local_config = json.loads(runner.config_path.read_text())
+    assert local_config["serving"] == pod_config["serving"]
+    assert local_config["serving"]["maxBatchSize"] == 3
+    # The token reaches both local servers in the variable the config names.
+    token_env = local_config["serving"]["authTokenEnv"]
+    token_file = runner.output_dir / "serving-token"
+    assert ran.env[token_env] == served.env[token_env] == token_file.read_text().strip()
+    assert len(ran.env[token_env]) >= 32 and token_file.stat().st_mode & 0o777 == 0o600
+    assert served.token_hint == f"$(cat {token_file})"
+
+
+def test_maap_serve_keeps_the_jobs_auth(tmp_path: Path) -> None:
+    _, runner = _local_job(tmp_path)
+    runner.write_config()
+    # The export, linked into the job's output directory from elsewhere.
+    export = tmp_path / "exports" / "int4"
+    export.mkdir(parents=True)
+    (export / "genai_config.json").write_text("{}")
+    onnx = runner.output_dir / "onnx"
+    onnx.symlink_to(export)
+    # No token anywhere: the job's config requires one, so maap serve refuses to start open.
+    done = maap("serve", str(onnx))
+    assert_one_line_error(
+        done, "serving.authTokenEnv: the server requires a bearer token from $MAAP_SERVING_TOKEN"
+    )
+    assert_one_line_error(maap("serve", str(onnx), "--config", str(tmp_path / "nope.json")),
+                          "--config: ")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_maap_serve_of_a_run_output_serves_with_its_auth_and_limits(
+    tmp_path: Path,
+    int4_export,  # noqa: F811
+) -> None:
+    import httpx
+
+    from tests.conftest import free_port
+    from tests.serving import Server, wait_ready
+
+    _, runner = _local_job(tmp_path)
+    runner.write_config()
+    (runner.output_dir / "onnx").symlink_to(int4_export.onnx)
+    runner.server("127.0.0.1", 1)  # creates the job's token, as `maap run` does
+    token = (runner.output_dir / "serving-token").read_text().strip()
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "maap.cli", "serve", str(runner.output_dir / "onnx"),
+             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    server = Server(child, f"http://127.0.0.1:{port}", log)
+    try:
+        wait_ready(server)
+        body = {"model": runner.cfg.job_name, "max_tokens": 8,
+                "messages": [{"role": "user", "content": "Hi"}]}  # fmt: skip
+        url = f"{server.api}/chat/completions"
+        assert httpx.post(url, json=body, timeout=60).status_code == 401
+        auth = {"Authorization": f"Bearer {token}"}
+        assert httpx.post(url, json=body, headers=auth, timeout=60).status_code == 200
+        too_long = httpx.post(url, json={**body, "max_tokens": 65}, headers=auth, timeout=60)
+        assert too_long.status_code == 400, too_long.text  # the job's maxTokensLimit: 64
+    finally:
+        child.terminate()
+        child.wait(timeout=60)

@@ -22,7 +22,7 @@ from maap_trainer.config import (
     TrainerConfig,
     TrainingSpec,
 )
-from maap_trainer.progress import TrainedMetrics
+from maap_trainer.results import ArtifactPaths, ExportSummary, TrainedMetrics
 from pydantic import BaseModel, ConfigDict, Field
 
 GROUP = "maap.dev"
@@ -193,12 +193,12 @@ class Progress(CamelModel):
     )
 
 
-class Artifacts(CamelModel):
-    location: str | None = None
-    adapter: str | None = None
-    merged_model: str | None = None
-    onnx_model: str | None = None
-    onnx_size_bytes: int | None = None
+class Artifacts(ArtifactPaths):
+    """Where the artifacts are: the stages report their paths (as their pods see them)."""
+
+    location: str | None = Field(
+        default=None, description="The claim and directory holding them: pvc://CLAIM/PATH."
+    )
 
 
 class FineTuneJobStatus(CamelModel):
@@ -213,8 +213,14 @@ class FineTuneJobStatus(CamelModel):
     )
     progress: Progress | None = None
     artifacts: Artifacts | None = None
-    # The train stage's summary, as its last progress report carries it.
-    metrics: TrainedMetrics | None = None
+    # The stages' summaries, as their final progress reports carry them (what `maap run`
+    # prints at the end).
+    metrics: TrainedMetrics | None = Field(
+        default=None, description="The train stage's figures: eval loss, tokens, tokens/s."
+    )
+    export: ExportSummary | None = Field(
+        default=None, description="The export stage's figures: size, build time, parity gate."
+    )
     endpoint: str | None = None
     auth_secret: str | None = Field(
         default=None, description="Secret with the bearer token the server requires."

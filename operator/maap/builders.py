@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from maap_trainer.config import TrainerConfig
+from maap_trainer.results import ONNX_DIR
 
 from maap.api import FineTuneJob
 from maap.objectmeta import (
@@ -21,7 +22,7 @@ from maap.objectmeta import (
     selector_labels,
 )
 from maap.podspec import (
-    CONFIG_MOUNT,
+    CONFIG_PATH,
     CONTAINER_SECURITY_CONTEXT,
     EXIT_PREEMPTED,
     EXIT_USER_ERROR,
@@ -39,6 +40,7 @@ from maap.podspec import (
     stage_container,
     stage_pod_spec,
 )
+from maap.stages import serve_command
 
 __all__ = [
     "JOB_LABEL",
@@ -270,17 +272,12 @@ def build_serving_deployment(
     names = Names(job.metadata.name)
     port = job.spec.serving.port
     volumes, mounts = pod_volumes(job, read_only=True)
-    # Serving settings (port, batching, queue, limits) come from the job's config.json.
-    serve_command = [
-        *("python", "-m", "maap_trainer", "serve"),
-        *("--config", f"{CONFIG_MOUNT}/config.json"),
-        *("--model-dir", f"{OUTPUT_DIR}/onnx"),
-        *("--model-name", job.metadata.name),
-    ]
+    # Serving settings (port, batching, queue, limits, the token's variable) come from
+    # the job's config.json; the pod only puts the Secret's token into that variable.
+    command = serve_command(CONFIG_PATH, f"{OUTPUT_DIR}/{ONNX_DIR}", job.metadata.name)
     env = common_env()
     auth_secret = serving_auth_secret_name(job)
     if auth_secret:
-        serve_command += ["--auth-token-env", SERVING_TOKEN_ENV]
         env.append(
             {
                 "name": SERVING_TOKEN_ENV,
@@ -291,7 +288,7 @@ def build_serving_deployment(
         "name": "server",
         "image": settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": serve_command,
+        "command": command,
         "env": env,
         "ports": [{"name": "http", "containerPort": port}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2},

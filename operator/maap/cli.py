@@ -129,15 +129,35 @@ def docs() -> None:
 @app.command("serve")
 def serve_command(
     model_dir: Annotated[Path, typer.Argument(help="An exported ONNX model directory.")],
-    host: Annotated[str, typer.Option()] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 8000,
-    model_name: Annotated[str | None, typer.Option(help="Name clients ask for.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="The job's config.json, as `maap run` writes it in the output directory: "
+            "its serving section (port, batching, queue, limits, auth) applies. "
+            "Default: MODEL_DIR/../config.json when it exists."
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address the server binds.")] = "127.0.0.1",
+    port: Annotated[
+        int | None, typer.Option(help="Server port (default: the config's, else 8000).")
+    ] = None,
+    model_name: Annotated[
+        str | None,
+        typer.Option(help="Name clients ask for (default: the job's, else the parent folder)."),
+    ] = None,
 ) -> None:
-    """Serve an exported model with the OpenAI-compatible API."""
-    name = model_name or model_dir.resolve().parent.name
-    argv = [sys.executable, "-m", "maap_trainer", "serve", "--model-dir", str(model_dir),
-            "--host", host, "--port", str(port), "--model-name", name]  # fmt: skip
-    os.execv(sys.executable, argv)
+    """Serve an exported model with the OpenAI-compatible API, as the job's server would."""
+    from maap.local.serving import job_config_beside, local_server
+
+    try:
+        if config is not None and not config.is_file():
+            raise UserError(f"--config: {config}: no such file")
+        server = local_server(
+            model_dir, config or job_config_beside(model_dir), host, port, model_name
+        )
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    os.execve(sys.executable, server.argv, server.env)
 
 
 @app.command()

@@ -14,8 +14,11 @@ from maap_trainer.presets import PRESETS
 
 from maap.api import FineTuneJob
 from maap.objectmeta import Names
+from maap.stages import JOB_STAGES
 
 CONFIG_MOUNT = "/etc/maap"
+# The job's config.json (the ConfigMap), as every stage's pod reads it.
+CONFIG_PATH = f"{CONFIG_MOUNT}/config.json"
 WORKSPACE = "/workspace"
 OUTPUT_DIR = f"{WORKSPACE}/output"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -134,14 +137,7 @@ def stage_container(
         "name": stage,
         "image": settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": [
-            "python",
-            "-m",
-            "maap_trainer",
-            stage,
-            "--config",
-            f"{CONFIG_MOUNT}/config.json",
-        ],
+        "command": JOB_STAGES[stage](CONFIG_PATH),
         "env": common_env() + env,
         "resources": resources(job, with_gpus),
         "volumeMounts": mounts,

@@ -46,10 +46,19 @@ def status_progress(report: ProgressReport) -> dict[str, Any]:
 
 
 def status_patch(report: ProgressReport) -> dict[str, Any]:
-    """The status merge patch of one report: progress, and the metrics once trained."""
+    """The status merge patch of one report: progress; a stage's final report also sets its
+    summary (`metrics` once trained, `export` once exported) and the artifacts it published.
+
+    A summary replaces the old one whole (every key, null where the report has none), so
+    no figure of an earlier run survives; artifacts merge, since each stage adds its own
+    paths beside the operator's `location`."""
     status: dict[str, Any] = {"progress": status_progress(report)}
     if report.metrics is not None:
-        status["metrics"] = report.metrics.to_json_dict()
+        status["metrics"] = report.metrics.model_dump(mode="json", by_alias=True)
+    if report.export is not None:
+        status["export"] = report.export.model_dump(mode="json", by_alias=True)
+    if report.artifacts is not None:
+        status["artifacts"] = report.artifacts.to_json_dict()
     return {"status": status}
 
 

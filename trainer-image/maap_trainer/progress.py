@@ -1,39 +1,45 @@
 """The progress file: how a running stage tells the operator and the CLI where it is.
 
-Written atomically (temp file + rename) so a reader never sees half a document.
-Pydantic only, so the control plane can read it without torch.
+Written atomically (temp file + rename) so a reader never sees half a document, and, when
+the operator asked for it (MAAP_PROGRESS_URL/TOKEN), posted to its progress API from a
+background thread. Pydantic only, so the control plane can read it without torch.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
 
 from maap_trainer.config import CamelModel
+from maap_trainer.results import ArtifactPaths, ExportSummary, TrainedMetrics
+
+__all__ = [
+    "PROGRESS_FILE",
+    "ProgressReport",
+    "RemoteReporter",
+    "TrainedMetrics",
+    "close_progress",
+    "read_progress",
+    "write_progress",
+]
 
 PROGRESS_FILE = "progress.json"
 PROGRESS_URL_ENV = "MAAP_PROGRESS_URL"
 PROGRESS_TOKEN_ENV = "MAAP_PROGRESS_TOKEN"
+# One POST may take this long; closing waits for the one in flight and the newest report.
+REQUEST_TIMEOUT_SECONDS = 5.0
+CLOSE_TIMEOUT_SECONDS = 2 * REQUEST_TIMEOUT_SECONDS + 1
 log = logging.getLogger("maap.progress")
-
-
-class TrainedMetrics(CamelModel):
-    """The train stage's summary (`status.metrics` in the cluster): eval loss before and
-    after training, train loss, runtime, trainable and total parameters."""
-
-    eval_loss_before: float | None = None
-    eval_loss_after: float | None = None
-    train_loss: float | None = None
-    train_runtime_seconds: float | None = None
-    trainable_parameters: int | None = None
-    total_parameters: int | None = None
 
 
 class ProgressReport(CamelModel):
@@ -48,6 +54,10 @@ class ProgressReport(CamelModel):
     message: str = ""
     # Set once, on the final report of the train stage.
     metrics: TrainedMetrics | None = None
+    # Set once, on the final report of the export stage (and on a rejected export).
+    export: ExportSummary | None = None
+    # The artifacts published so far, on each stage's final report.
+    artifacts: ArtifactPaths | None = None
     updated_at: float = Field(default_factory=time.time)
 
     @property
@@ -65,48 +75,126 @@ def write_progress(directory: Path, report: ProgressReport) -> None:
     _REPORTER.send(report)
 
 
-class RemoteReporter:
-    """POSTs progress to the operator when it asked for it (MAAP_PROGRESS_URL/TOKEN).
-
-    Best effort by design: a slow or absent operator must never stall training, so
-    each call has a short timeout, failures are only logged, and reports are sent at
-    most every `min_interval` seconds (stage changes always go out).
-    """
-
-    def __init__(self, min_interval: float = 2.0) -> None:
-        self.min_interval = min_interval
-        self._last_sent = 0.0
-        self._last_stage = ""
-
-    def send(self, report: ProgressReport) -> None:
-        url = os.environ.get(PROGRESS_URL_ENV)
-        if not url:
-            return
-        now = time.monotonic()
-        if report.stage == self._last_stage and now - self._last_sent < self.min_interval:
-            return
-        self._last_sent, self._last_stage = now, report.stage
-        request = urllib.request.Request(
-            url,
-            data=json.dumps(report.to_json_dict()).encode(),
-            method="POST",
-            headers={
-                "Content-Type": "application/json",
-                "Authorization": f"Bearer {os.environ.get(PROGRESS_TOKEN_ENV, '')}",
-            },
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=2):
-                pass
-        except (urllib.error.URLError, OSError) as exc:
-            log.warning("could not report progress to %s: %s", url, exc)
-
-
-_REPORTER = RemoteReporter()
-
-
 def read_progress(directory: Path) -> ProgressReport | None:
     try:
         return ProgressReport.model_validate_json((directory / PROGRESS_FILE).read_text("utf-8"))
     except (OSError, ValueError):
         return None
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    url: str
+    token: str
+    body: bytes
+    stage: str
+
+
+class RemoteReporter:
+    """POSTs progress to the operator from a background thread: `send` never blocks.
+
+    A one-slot mailbox: a report that arrives while another is still unsent replaces it,
+    since only the newest matters (status.progress shows one). Reports of one stage go
+    out at most every `min_interval` seconds; a stage change goes out as soon as the POST
+    in flight is done. `close` waits, bounded, until the newest report is delivered:
+    it runs at exit, so a stage's final report ("trained", "exported") is not lost.
+    Best effort by design: failures are logged, never raised into training.
+    """
+
+    def __init__(
+        self, min_interval: float = 2.0, request_timeout: float = REQUEST_TIMEOUT_SECONDS
+    ) -> None:
+        self.min_interval = min_interval
+        self.request_timeout = request_timeout
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Condition()
+        self._pending: _Outgoing | None = None
+        self._in_flight = False
+        self._hurry = False  # close() is waiting: skip the interval
+        self._thread: threading.Thread | None = None
+        self._last_sent = float("-inf")
+        self._last_stage = ""
+        self.posted = 0  # POSTs attempted (what coalescing saved is visible in tests)
+
+    def send(self, report: ProgressReport) -> None:
+        url = os.environ.get(PROGRESS_URL_ENV)
+        if not url:
+            return
+        outgoing = _Outgoing(
+            url,
+            os.environ.get(PROGRESS_TOKEN_ENV, ""),
+            json.dumps(report.to_json_dict()).encode(),
+            report.stage,
+        )
+        with self._lock:
+            self._pending = outgoing
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="maap-progress", daemon=True)
+                self._thread.start()
+            self._lock.notify_all()
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> bool:
+        """Wait up to `timeout` s until nothing is pending or in flight; True if so."""
+        with self._lock:
+            self._hurry = True
+            self._lock.notify_all()
+            done = self._lock.wait_for(
+                lambda: self._pending is None and not self._in_flight, timeout
+            )
+            self._hurry = False
+            return done
+
+    def _next(self) -> _Outgoing:
+        with self._lock:
+            while True:
+                item = self._pending
+                if item is not None:
+                    wait = 0.0
+                    if item.stage == self._last_stage and not self._hurry:
+                        wait = self._last_sent + self.min_interval - time.monotonic()
+                    if wait <= 0:
+                        self._pending, self._in_flight = None, True
+                        return item
+                    self._lock.wait(wait)
+                else:
+                    self._lock.wait()
+
+    def _run(self) -> None:
+        while True:
+            item = self._next()
+            try:
+                self._post(item)
+            finally:
+                with self._lock:
+                    self._in_flight = False
+                    self._last_sent, self._last_stage = time.monotonic(), item.stage
+                    self.posted += 1
+                    self._lock.notify_all()
+
+    def _post(self, item: _Outgoing) -> None:
+        request = urllib.request.Request(
+            item.url,
+            data=item.body,
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {item.token}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.request_timeout):
+                pass
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            log.warning("could not report progress (%s) to %s: %s", item.stage, item.url, exc)
+
+
+_REPORTER = RemoteReporter()
+# A forked child (a data loader worker) has no reporter thread: start afresh there.
+os.register_at_fork(after_in_child=_REPORTER._reset)
+
+
+def close_progress(timeout: float = CLOSE_TIMEOUT_SECONDS) -> bool:
+    """Deliver the newest report before the process exits (bounded by `timeout`)."""
+    return _REPORTER.close(timeout)
+
+
+atexit.register(close_progress)

@@ -42,12 +42,18 @@ from maap_trainer.loss import SupervisedPositionsLoss, supervised_loss_trainer
 from maap_trainer.methods import CAUSAL_LM, build_model, count_parameters
 from maap_trainer.model_prep import prepare_base_model
 from maap_trainer.preemption import PreemptionWatch
-from maap_trainer.progress import ProgressReport, TrainedMetrics, write_progress
+from maap_trainer.progress import ProgressReport, write_progress
+from maap_trainer.results import (
+    METRICS_FILE,
+    ArtifactPaths,
+    TrainMetrics,
+    result_json,
+    write_result,
+)
 from maap_trainer.tasks import TaskData, prepare_task
 
 log = logging.getLogger("maap.train")
 
-METRICS_FILE = "metrics.json"
 EVAL_BEFORE_FILE = "eval-before.json"
 
 
@@ -309,7 +315,8 @@ def _run_training(cfg: TrainerConfig, watch: PreemptionWatch) -> dict[str, Any]:
         "precision": precision,
         "ranks": read_rank_reports(output_dir),
     }
-    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    typed = TrainMetrics.model_validate(metrics)
+    write_result(output_dir / METRICS_FILE, typed)
     steps = int(trainer.state.global_step)
     write_progress(
         output_dir,
@@ -317,14 +324,13 @@ def _run_training(cfg: TrainerConfig, watch: PreemptionWatch) -> dict[str, Any]:
             stage="trained",
             step=steps,
             total_steps=steps,
-            loss=metrics["trainLoss"],
-            resumed_from_step=metrics["resumedFromStep"],
-            metrics=TrainedMetrics.model_validate(
-                {key: metrics.get(key) for key in TrainedMetrics.model_json_schema()["properties"]}
-            ),
+            loss=typed.train_loss,
+            resumed_from_step=typed.resumed_from_step,
+            metrics=typed.summary(),
+            artifacts=ArtifactPaths.found_in(output_dir, cfg.job_name),
         ),
     )
-    return metrics
+    return result_json(typed)
 
 
 def _after_training(trainer: Any, stage: str, message: str) -> ProgressReport:

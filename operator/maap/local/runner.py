@@ -24,6 +24,16 @@ from maap_trainer.data import load_examples
 from maap_trainer.errors import TERMINATION_LOG_ENV, UserError
 from maap_trainer.outdirs import directory_size
 from maap_trainer.progress import read_progress
+from maap_trainer.results import (
+    EXPORT_FILE,
+    METRICS_FILE,
+    ONNX_DIR,
+    ExportResult,
+    Model,
+    ResultError,
+    TrainMetrics,
+    read_result,
+)
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -37,8 +47,9 @@ from rich.progress import (
 from rich.table import Table
 
 from maap.api import FineTuneJob
-
-CONFIG_FILE = "config.json"
+from maap.local.serving import CONFIG_FILE, LocalServer, local_server
+from maap.local.summary import human_size, summary_rows
+from maap.stages import export_command, prepare_model_command, train_command
 
 
 class StageFailed(Exception):
@@ -56,8 +67,8 @@ class StageTiming:
 class RunReport:
     output_dir: Path
     timings: list[StageTiming] = field(default_factory=list)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    export: dict[str, Any] = field(default_factory=dict)
+    metrics: TrainMetrics | None = None
+    export: ExportResult | None = None
 
 
 def resolve_trainer_config(
@@ -80,15 +91,6 @@ def resolve_trainer_config(
     return cfg
 
 
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
-
-
 class LocalRunner:
     def __init__(self, cfg: TrainerConfig, console: Console) -> None:
         self.cfg = cfg
@@ -102,20 +104,36 @@ class LocalRunner:
         """Fail in seconds on what would otherwise fail after minutes of training."""
         load_examples(Path(self.cfg.dataset.path), self.cfg.dataset.format)
 
-    def run_pipeline(self) -> RunReport:
+    @property
+    def config_path(self) -> Path:
+        return self.output_dir / CONFIG_FILE
+
+    def write_config(self) -> Path:
+        """The job's config.json, as the pods get it from the ConfigMap (paths local)."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        config_path = self.output_dir / CONFIG_FILE
-        config_path.write_text(json.dumps(self.cfg.to_json_dict(), indent=2), encoding="utf-8")
-        self._stage("prepare-model", "Preparing the base model", config_path)
-        self._stage("train", "Training", config_path)
-        self.report.metrics = json.loads((self.output_dir / "metrics.json").read_text())
+        text = json.dumps(self.cfg.to_json_dict(), indent=2)
+        self.config_path.write_text(text, encoding="utf-8")
+        return self.config_path
+
+    def run_pipeline(self) -> RunReport:
+        config, python = self.write_config(), sys.executable
+        self._stage("prepare-model", "Preparing the base model",
+                    prepare_model_command(config, python=python))  # fmt: skip
+        self._stage("train", "Training", train_command(config, python=python))
+        self.report.metrics = self._result(METRICS_FILE, TrainMetrics)
         if self.cfg.export.enabled:
-            self._stage("export", f"Exporting ONNX ({self.cfg.export.precision})", config_path)
-            self.report.export = json.loads((self.output_dir / "export.json").read_text())
+            title = f"Exporting ONNX ({self.cfg.export.precision})"
+            self._stage("export", title, export_command(config, python=python))
+            self.report.export = self._result(EXPORT_FILE, ExportResult)
         return self.report
 
-    def _stage(self, stage: str, title: str, config_path: Path) -> None:
-        command = [sys.executable, "-m", "maap_trainer", stage, "--config", str(config_path)]
+    def _result(self, name: str, model: type[Model]) -> Model:
+        try:
+            return read_result(self.output_dir / name, model)
+        except ResultError as exc:
+            raise StageFailed(str(exc)) from None
+
+    def _stage(self, stage: str, title: str, command: list[str]) -> None:
         started = time.monotonic()
         self._run_child(stage, title, command)
         self.report.timings.append(StageTiming(title, time.monotonic() - started))
@@ -175,23 +193,25 @@ class LocalRunner:
 
     # -- serving ------------------------------------------------------------------------
 
+    def server(self, host: str, port: int) -> LocalServer:
+        """The server of this job, as `maap serve` of its output directory would start it
+        (creating the job's bearer token when its config asks for one)."""
+        if not self.config_path.is_file():
+            self.write_config()
+        return local_server(
+            self.output_dir / ONNX_DIR, self.config_path, host, port, self.cfg.job_name,
+            create_token=True,
+        )  # fmt: skip
+
     def serve(self, host: str, port: int) -> int:
         """Start the server, wait until it answers, print how to call it, run until Ctrl-C."""
-        model_dir = self.output_dir / "onnx"
-        command = [
-            sys.executable, "-m", "maap_trainer", "serve",
-            "--model-dir", str(model_dir), "--model-name", self.cfg.job_name,
-            "--host", host, "--port", str(port),
-            "--max-tokens-limit", str(self.cfg.serving.max_tokens_limit),
-            # The job's serving section: batch size, queue, auth, shutdown grace.
-            "--config", str(self.output_dir / CONFIG_FILE),
-        ]  # fmt: skip
+        server = self.server(host, port)
         termination = self.output_dir / "serve.error"
         termination.unlink(missing_ok=True)
-        env = {**os.environ, TERMINATION_LOG_ENV: str(termination), "PYTHONUNBUFFERED": "1"}
+        env = {**server.env, TERMINATION_LOG_ENV: str(termination), "PYTHONUNBUFFERED": "1"}
         log_path = self.output_dir / "serve.log"
         with log_path.open("w", encoding="utf-8") as log:
-            child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            child = subprocess.Popen(server.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
             base = f"http://{host}:{port}"
             try:
                 with self.console.status(f"Loading the model into ONNX Runtime at {base}"):
@@ -202,7 +222,7 @@ class LocalRunner:
                             )
                             raise StageFailed(reason or f"the server exited; see {log_path}")
                         time.sleep(0.3)
-                self._print_serving(base)
+                self._print_serving(base, server.token_hint)
                 return child.wait()
             except KeyboardInterrupt:
                 self.console.print("Stopping the server…")
@@ -213,7 +233,7 @@ class LocalRunner:
                 if child.poll() is None:
                     child.kill()
 
-    def _print_serving(self, base: str) -> None:
+    def _print_serving(self, base: str, token_hint: str | None) -> None:
         body = json.dumps(
             {"model": self.cfg.job_name,
              "messages": [{"role": "user", "content": "What is the capital of France?"}]}
@@ -221,44 +241,32 @@ class LocalRunner:
         self.console.print(
             f"[bold green]Serving[/] {self.cfg.job_name} at {base}/v1 (Ctrl-C to stop)"
         )
+        auth = f' -H "Authorization: Bearer {token_hint}"' if token_hint else ""
         self.console.print(
-            f"  curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'",
+            f"  curl -s {base}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
+            f"-d '{body}'",
             soft_wrap=True,
+            highlight=False,
         )
 
     # -- summary ------------------------------------------------------------------------
 
     def print_summary(self) -> None:
+        """The stages' summaries (what status.metrics and status.export hold in a cluster),
+        the local stage timings, and where the artifacts are."""
         metrics, export = self.report.metrics, self.report.export
         table = Table(title=f"FineTuneJob {self.cfg.job_name}", show_header=False)
         table.add_column("what", style="bold")
         table.add_column("value")
-        before, after = metrics.get("evalLossBefore"), metrics.get("evalLossAfter")
-        if before is not None and after is not None:
-            table.add_row("eval loss", f"{before:.3f} -> {after:.3f} ({after - before:+.3f})")
-        table.add_row(
-            "training",
-            f"{self.cfg.method.type}, {metrics.get('steps')} steps, "
-            f"{metrics.get('trainRows')} train / {metrics.get('evalRows')} eval rows, "
-            f"{metrics.get('tokensPerSecond')} tok/s, "
-            f"{metrics.get('trainableParameters', 0):,} trainable parameters",
+        rows = summary_rows(
+            self.cfg.method.type,
+            metrics.summary() if metrics else None,
+            export.summary() if export else None,
         )
+        for name, value in rows:
+            table.add_row(name, value)
         for timing in self.report.timings:
             table.add_row(f"time: {timing.name}", f"{timing.seconds:.1f} s")
-        if export:
-            table.add_row(
-                "export",
-                f"{export['precision']} on {export['executionProvider']}, "
-                f"{human_size(export.get('sizeBytes', 0))}, {export.get('seconds', 0):.0f} s build",
-            )
-            if parity := export.get("parity"):
-                table.add_row("parity", parity_line(parity))
-            if adapter := export.get("adapter"):
-                table.add_row(
-                    "adapter",
-                    f"{adapter['modules']} LoRA modules, {human_size(adapter['sizeBytes'])}"
-                    + (f"; {parity_line(adapter['parity'])}" if adapter.get("parity") else ""),
-                )
         self.console.print(table)
         # Paths go outside the table, unwrapped, so they can be copied whole.
         for name in ("adapter", "merged", "onnx", "onnx-base", "adapters"):
@@ -269,18 +277,6 @@ class LocalRunner:
                     soft_wrap=True,
                     highlight=False,
                 )
-
-
-def parity_line(parity: dict[str, Any]) -> str:
-    """The export's parity gate in one line (export.json's `parity`)."""
-    if parity.get("skipped"):
-        return f"skipped: {parity['skipped']}"
-    ppl = parity["perplexity"]
-    return (
-        f"{parity['exactMatches']}/{parity['prompts']} greedy answers identical, "
-        f"{parity['tokenAgreement']:.1%} token agreement, perplexity {ppl['pytorch']:.2f} -> "
-        f"{ppl['onnx']:.2f} ({ppl['relativeIncrease']:+.1%}) vs PyTorch"
-    )
 
 
 def _ready(url: str) -> bool:

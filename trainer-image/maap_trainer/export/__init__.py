@@ -14,9 +14,7 @@ A rejected export (parity gate failed) is kept as `onnx.rejected/` for inspectio
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,13 +24,20 @@ from maap_trainer.export.genai_build import BuildRequest, ExportError, build, ke
 from maap_trainer.outdirs import directory_size, file_sizes
 from maap_trainer.outdirs import publish as _publish
 from maap_trainer.progress import ProgressReport, write_progress
+from maap_trainer.results import (
+    EXPORT_FILE,
+    ArtifactPaths,
+    ExportResult,
+    result_json,
+    write_result,
+)
 
 __all__ = ["EXPORT_INFO", "EXPORT_LOG", "ExportError", "run_export"]
 
 log = logging.getLogger("maap.export")
 
 EXPORT_LOG = "export.log"
-EXPORT_INFO = "export.json"
+EXPORT_INFO = EXPORT_FILE
 
 
 def _progress(output_dir: Path, message: str) -> None:
@@ -85,7 +90,7 @@ def run_export(cfg: TrainerConfig) -> dict[str, Any]:
                 rejected = output_dir / "onnx.rejected"
                 _publish(staging, rejected)
                 info["path"] = str(rejected)
-                _write_info(output_dir, info)
+                _report(cfg, info, rejected=True)
                 raise ExportError(result.failure or "export.parity: the gate failed")
         else:
             info["parity"] = {
@@ -100,9 +105,7 @@ def run_export(cfg: TrainerConfig) -> dict[str, Any]:
 
         _progress(output_dir, "LoRA adapter")
         info["adapter"] = export_adapter(cfg, log_path)
-    _write_info(output_dir, info)
-    write_progress(output_dir, ProgressReport(stage="exported", step=1, total_steps=1))
-    return info
+    return _report(cfg, info)
 
 
 def _run_classifier_export(cfg: TrainerConfig, merged: Path, log_path: Path) -> dict[str, Any]:
@@ -137,12 +140,10 @@ def _run_classifier_export(cfg: TrainerConfig, merged: Path, log_path: Path) -> 
         if not parity["passed"]:
             _publish(staging, output_dir / "onnx.rejected")
             info["path"] = str(output_dir / "onnx.rejected")
-            _write_info(output_dir, info)
+            _report(cfg, info, rejected=True)
             raise ExportError(parity["failure"])
     _publish(staging, output_dir / "onnx")
-    _write_info(output_dir, info)
-    write_progress(output_dir, ProgressReport(stage="exported", step=1, total_steps=1))
-    return info
+    return _report(cfg, info)
 
 
 def _classifier_texts(cfg: TrainerConfig) -> list[str] | None:
@@ -165,8 +166,26 @@ def _classifier_texts(cfg: TrainerConfig) -> list[str] | None:
     return texts or None
 
 
-def _write_info(output_dir: Path, info: dict[str, Any]) -> None:
-    info["writtenAt"] = time.time()
-    tmp = output_dir / f".{EXPORT_INFO}.tmp"
-    tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
-    os.replace(tmp, output_dir / EXPORT_INFO)
+def _report(cfg: TrainerConfig, info: dict[str, Any], rejected: bool = False) -> dict[str, Any]:
+    """export.json, typed, and the final progress report, which carries its summary (the
+    operator's status.export) and, unless the gate rejected it, the published artifacts."""
+    output_dir = Path(cfg.output_dir)
+    result = ExportResult.model_validate({**info, "writtenAt": time.time()})
+    write_result(output_dir / EXPORT_INFO, result)
+    artifacts = None
+    if not rejected:
+        artifacts = ArtifactPaths.found_in(output_dir, cfg.job_name)
+        artifacts.onnx_size_bytes = result.size_bytes
+    parity = result.parity
+    write_progress(
+        output_dir,
+        ProgressReport(
+            stage="rejected" if rejected else "exported",
+            step=1,
+            total_steps=1,
+            message=(parity.failure or "") if rejected and parity else "",
+            export=result.summary(),
+            artifacts=artifacts,
+        ),
+    )
+    return result_json(result)

@@ -1,0 +1,65 @@
+"""The command line of each data-plane stage, in one place: pods, `maap run`, `maap serve`.
+
+Every stage is `python -m maap_trainer STAGE --config config.json`: its settings come from
+the job's config file only, so the pods and a local run cannot disagree on them. The
+command carries only what differs per place: the paths, and where a local server listens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+POD_PYTHON = "python"
+ENTRYPOINT = ("-m", "maap_trainer")
+
+PathLike = str | Path
+
+
+def _stage(stage: str, config_path: PathLike, python: str) -> list[str]:
+    return [python, *ENTRYPOINT, stage, "--config", str(config_path)]
+
+
+def prepare_model_command(config_path: PathLike, *, python: str = POD_PYTHON) -> list[str]:
+    """Fetch and convert the base model once (cached), before training."""
+    return _stage("prepare-model", config_path, python)
+
+
+def train_command(config_path: PathLike, *, python: str = POD_PYTHON) -> list[str]:
+    return _stage("train", config_path, python)
+
+
+def export_command(config_path: PathLike, *, python: str = POD_PYTHON) -> list[str]:
+    return _stage("export", config_path, python)
+
+
+def serve_command(
+    config_path: PathLike | None,
+    model_dir: PathLike,
+    model_name: str,
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    python: str = POD_PYTHON,
+) -> list[str]:
+    """The server: port, batching, queue, limits and the token's source come from the
+    config's `serving` section; `host`/`port` override where it listens (a local run).
+    No config (`maap serve` of a bare exported model): the server's defaults."""
+    if config_path is None:
+        argv = [python, *ENTRYPOINT, "serve"]
+    else:
+        argv = _stage("serve", config_path, python)
+    argv += ["--model-dir", str(model_dir), "--model-name", model_name]
+    if host is not None:
+        argv += ["--host", host]
+    if port is not None:
+        argv += ["--port", str(port)]
+    return argv
+
+
+# The stages a Job runs, by the container name podspec gives them.
+JOB_STAGES: dict[str, Callable[..., list[str]]] = {
+    "prepare-model": prepare_model_command,
+    "train": train_command,
+    "export": export_command,
+}
