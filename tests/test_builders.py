@@ -200,10 +200,17 @@ def test_pipeline_decisions() -> None:
     assert (step.phase, step.create) == ("Exporting", ["export"])
     step = decide(j, Observed(train=done_job(), export=done_job()))
     assert (step.phase, step.create) == ("Serving", ["serving"])
-    ready = decide(j, Observed(done_job(), done_job(), DeploymentState(replicas=1, ready=1)))
+    ready = decide(
+        j, Observed(done_job(), done_job(), DeploymentState(replicas=1, ready=1, updated=1))
+    )
     assert (
         ConditionUpdate("ServingReady", "True", "Ready", "1/1 replicas ready") in ready.conditions
     )
+    # A pod of the older spec still serves: ready, but the rollout is not over.
+    rolling = decide(
+        j, Observed(done_job(), done_job(), DeploymentState(replicas=2, ready=2, updated=1))
+    )
+    assert [c.reason for c in rolling.conditions if c.type == "ServingReady"] == ["RollingOut"]
     assert (
         decide(job(serving={"enabled": False}), Observed(done_job(), done_job())).phase
         == "Succeeded"

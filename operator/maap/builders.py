@@ -6,6 +6,7 @@ owner references come from objectmeta.py, the pods' common parts from podspec.py
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -54,6 +55,7 @@ __all__ = [
 
 MASTER_PORT = 29500
 SERVING_TOKEN_ENV = "MAAP_SERVING_TOKEN"
+CONFIG_HASH_ANNOTATION = "maap.dev/config-hash"
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
@@ -323,9 +325,19 @@ def build_serving_deployment(
                 "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
             },
             "selector": {"matchLabels": selector_labels(job, "server")},
-            "template": {"metadata": pod_metadata(job, "server"), "spec": pod_spec},
+            "template": {"metadata": _server_pod_metadata(job), "spec": pod_spec},
         },
     }
+
+
+def _server_pod_metadata(job: FineTuneJob) -> dict[str, Any]:
+    """Pod metadata with a hash of config.json: a changed serving config rolls the pods
+    (they read the ConfigMap once, at start)."""
+    meta = pod_metadata(job, "server")
+    config = build_config_map(job, "")["data"]["config.json"]
+    digest = hashlib.sha256(config.encode()).hexdigest()[:16]
+    meta["annotations"] = {**meta.get("annotations", {}), CONFIG_HASH_ANNOTATION: digest}
+    return meta
 
 
 def build_serving_service(job: FineTuneJob, uid: str) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from rich.console import Console
 
 from maap.crd import render_crd
 from maap.manifest import ManifestError, load_manifest
+from maap.podspec import OperatorSettings
+from maap.settings import OperatorConfig
 
 app = typer.Typer(
     help="maap: fine-tune open models on your own machines and serve them with ONNX Runtime.",
@@ -166,8 +168,60 @@ def operator(
         list[str] | None,
         typer.Option("--namespace", "-n", help="Watch only these namespaces (repeatable)."),
     ] = None,
-    liveness_port: Annotated[int, typer.Option(help="Port of /healthz (0: off).")] = 8080,
-    metrics_port: Annotated[int, typer.Option(help="Port of Prometheus /metrics (0: off).")] = 9090,
+    trainer_image: Annotated[
+        str, typer.Option(envvar="MAAP_TRAINER_IMAGE", help="Image of every stage's pods.")
+    ] = OperatorSettings.trainer_image,
+    image_pull_policy: Annotated[
+        str, typer.Option(envvar="MAAP_IMAGE_PULL_POLICY", help="imagePullPolicy of those pods.")
+    ] = OperatorSettings.image_pull_policy,
+    workload_service_account: Annotated[
+        str | None,
+        typer.Option(envvar="MAAP_WORKLOAD_SERVICE_ACCOUNT", help="ServiceAccount of the pods."),
+    ] = None,
+    progress_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MAAP_PROGRESS_URL",
+            help="Base URL of the progress API as pods reach it (unset: pods do not report).",
+        ),
+    ] = None,
+    progress_port: Annotated[
+        int, typer.Option(envvar="MAAP_PROGRESS_PORT", help="Port of the progress API (0: off).")
+    ] = OperatorConfig.progress_port,
+    liveness_port: Annotated[
+        int, typer.Option(envvar="MAAP_LIVENESS_PORT", help="Port of /healthz (0: off).")
+    ] = OperatorConfig.liveness_port,
+    metrics_port: Annotated[
+        int, typer.Option(envvar="MAAP_METRICS_PORT", help="Port of Prometheus /metrics (0: off).")
+    ] = OperatorConfig.metrics_port,
+    max_workers: Annotated[
+        int, typer.Option(envvar="MAAP_MAX_WORKERS", help="Threads running handlers.")
+    ] = OperatorConfig.max_workers,
+    wait_check_seconds: Annotated[
+        float,
+        typer.Option(
+            envvar="MAAP_WAIT_CHECK_SECONDS",
+            help="Re-check interval of jobs waiting on something children do not show.",
+        ),
+    ] = OperatorConfig.wait_check_seconds,
+    resync_seconds: Annotated[
+        float,
+        typer.Option(envvar="MAAP_RESYNC_SECONDS", help="Full resync from the caches."),
+    ] = OperatorConfig.resync_seconds,
+    peering: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MAAP_PEERING",
+            help="Run as one of several replicas: the name of their KopfPeering (one active).",
+        ),
+    ] = None,
+    priority: Annotated[
+        int | None,
+        typer.Option(
+            envvar="MAAP_PRIORITY",
+            help="Peering priority, highest active (default: the oldest replica is active).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the FineTuneJob operator against the current kubeconfig or in-cluster config."""
@@ -176,17 +230,44 @@ def operator(
 
     import kopf
 
-    os.environ.setdefault("MAAP_METRICS_PORT", str(metrics_port))
-    import maap.handlers  # noqa: F401  (registers the handlers)
+    import maap.handlers
+    import maap.peering
 
+    config = OperatorConfig(
+        workloads=OperatorSettings(
+            trainer_image=trainer_image,
+            image_pull_policy=image_pull_policy,
+            service_account=workload_service_account or None,
+            progress_url=progress_url or None,
+        ),
+        namespaces=tuple(namespace or ()),
+        liveness_port=liveness_port,
+        metrics_port=metrics_port,
+        progress_port=progress_port,
+        max_workers=max_workers,
+        wait_check_seconds=wait_check_seconds,
+        resync_seconds=resync_seconds,
+        peering=peering or None,
+        priority=maap.peering.default_priority() if priority is None else priority,
+    )
+    maap.handlers.configure_timers(config)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
+    settings = kopf.OperatorSettings()
+    if config.peering:
+        if problem := maap.peering.problem(config.peering, config.namespaces):
+            raise fail(problem)
+        maap.peering.configure(settings)
     liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None
     asyncio.run(
         kopf.operator(
+            settings=settings,
             clusterwide=not namespace,
             namespaces=namespace or [],
             liveness_endpoint=liveness,
-            standalone=True,
+            standalone=config.peering is None,
+            peering_name=config.peering,
+            priority=config.priority,
+            memo=kopf.Memo(config=config),
         )
     )
 
