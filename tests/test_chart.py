@@ -47,7 +47,7 @@ VALUES_MATRIX: dict[str, dict[str, Any]] = {
         "ports": {"liveness": 18080, "metrics": 19090, "progress": 18081},
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
         "imagePullSecrets": [{"name": "regcred"}],
-        "reconcileInterval": 2.5,
+        "waitCheckSeconds": 2.5,
         "verbose": True,
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
@@ -56,6 +56,7 @@ VALUES_MATRIX: dict[str, dict[str, Any]] = {
         "priorityClassName": "system-cluster-critical",
     },
     "no-rbac": {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "mine"}},
+    "one-replica": {"operator": {"replicas": 1}},
 }
 
 BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
@@ -65,6 +66,8 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "port-out-of-range": ({"ports": {"liveness": 0, "metrics": 1, "progress": 2}}, "minimum"),
     "pull-policy": ({"image": {"repository": "x", "pullPolicy": "Sometimes"}}, "value must be"),
     "sa-without-name": ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
+    "no-replicas": ({"operator": {"replicas": 0}}, "minimum"),
+    "replicas-typo": ({"operator": {"replica": 2}}, "additional properties 'replica'"),
 }
 
 
@@ -206,7 +209,10 @@ def test_all_namespaces_get_one_cluster_role_with_exactly_the_rules(tmp_path: Pa
 def test_namespace_list_gets_a_role_per_namespace(tmp_path: Path) -> None:
     objects = render({"watchNamespaces": ["team-a", "team-b"]}, tmp_path)
     split = rules_by_scope()
-    assert rule_set(one(objects, "ClusterRole")["rules"]) == rule_set(split["cluster"])
+    # Namespaced, the operator peers through a KopfPeering in each namespace (in the Role).
+    discovery = [r for r in split["cluster"] if "clusterkopfpeerings" not in r["resources"]]
+    assert len(discovery) == len(split["cluster"]) - 1
+    assert rule_set(one(objects, "ClusterRole")["rules"]) == rule_set(discovery)
     for ns in ("team-a", "team-b"):
         role = one(objects, "Role", ns)
         assert rule_set(role["rules"]) == rule_set(split["namespaced"])
@@ -246,8 +252,9 @@ def test_operator_pod_is_locked_down(case: str, tmp_path: Path) -> None:
     deployment = one(objects, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     c = container(objects)
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == VALUES_MATRIX[case].get("operator", {}).get(
+        "replicas", 2
+    )
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 1000
     sc = c["securityContext"]
@@ -285,9 +292,10 @@ def test_rendered_arguments_are_what_maap_operator_accepts(case: str, tmp_path: 
 
 
 def operator_env_names() -> set[str]:
-    """MAAP_* variables the operator's code reads."""
+    """MAAP_* variables the operator reads: its command's options, and any the code reads."""
     source = "".join(p.read_text() for p in (REPO / "operator" / "maap").glob("*.py"))
-    return set(re.findall(r"""environ(?:\.get|\.setdefault)?\(\s*["'](MAAP_[A-Z_]+)""", source))
+    read = set(re.findall(r"""environ(?:\.get|\.setdefault)?\(\s*["'](MAAP_[A-Z_]+)""", source))
+    return read | {p.envvar for p in operator_command().params if isinstance(p.envvar, str)}
 
 
 @pytest.mark.parametrize("case", sorted(VALUES_MATRIX))
@@ -350,3 +358,74 @@ def test_cli_prints_the_generated_files() -> None:
     assert rules.exit_code == 0 and rules.stdout == render_chart_rules()
     docs = runner.invoke(app, ["docs"])
     assert docs.exit_code == 0 and docs.stdout == render_reference()
+
+
+# --- high availability: replicas, peering, disruption budget --------------------------
+
+
+def test_replicas_peer_through_the_object_maap_peering_names(tmp_path: Path) -> None:
+    for values, kind, namespaces in (
+        ({}, "ClusterKopfPeering", [None]),
+        ({"watchNamespaces": ["team-a", "team-b"]}, "KopfPeering", ["team-a", "team-b"]),
+    ):
+        objects = render(values, tmp_path)
+        env = container(objects)["env"]
+        name = env_of(container(objects))["MAAP_PEERING"]
+        peerings = [o for o in objects if o["apiVersion"] == "kopf.dev/v1"]
+        assert [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
+                for o in peerings] == [(kind, ns, name) for ns in namespaces]  # fmt: skip
+        # kopf names each replica after POD_ID in the peering status: the pod's name.
+        pod_id = next(e for e in env if e["name"] == "POD_ID")
+        assert pod_id["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        # The peering CRDs ship in crds/ (helm installs them before the objects).
+        crds = yaml.safe_load_all((CHART / "crds" / "kopfpeerings.kopf.dev.yaml").read_text())
+        assert kind in {c["spec"]["names"]["kind"] for c in crds}
+    ctx = operator_command().make_context("operator", ["--peering", "x"])
+    assert ctx.params["peering"] == "x" and ctx.params["priority"] is None
+
+
+def test_peering_rules_are_granted_where_the_mode_needs_them(tmp_path: Path) -> None:
+    verbs = ("get", "list", "watch", "patch")
+    plurals = ("kopfpeerings", "clusterkopfpeerings")
+    peering = {(("kopf.dev",), (plural,), verbs) for plural in plurals}
+    assert peering <= RULE_SET
+    everywhere = rule_set(one(render({}, tmp_path), "ClusterRole")["rules"])
+    assert peering <= everywhere
+    objects = render({"watchNamespaces": ["team-a"]}, tmp_path)
+    cluster = {r[1] for r in rule_set(one(objects, "ClusterRole")["rules"])}
+    namespaced = {r[1] for r in rule_set(one(objects, "Role", "team-a")["rules"])}
+    assert ("kopfpeerings",) in namespaced and ("clusterkopfpeerings",) not in cluster
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3])
+def test_replicas_roll_without_a_gap_and_keep_one_through_disruptions(
+    replicas: int, tmp_path: Path
+) -> None:
+    objects = render({"operator": {"replicas": replicas}}, tmp_path)
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == replicas
+    # A new pod starts (paused: the old one is older) before an old one goes.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }  # fmt: skip
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    budgets = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    if replicas == 1:
+        assert not budgets, "a budget of 1 out of 1 would block every node drain"
+    else:
+        [budget] = budgets
+        assert budget["spec"]["minAvailable"] == 1
+        assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    [term] = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_own_affinity_replaces_the_default_spreading(tmp_path: Path) -> None:
+    mine = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "pool", "operator": "In", "values": ["ops"]}]}]}}}  # fmt: skip
+    objects = render({"affinity": mine}, tmp_path)
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["affinity"] == mine

@@ -56,3 +56,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "maap.rules" -}}
 {{- .Files.Get "files/rbac-rules.yaml" -}}
 {{- end -}}
+
+{{/* The Kopf peering object of this release's operator replicas. */}}
+{{- define "maap.peeringName" -}}
+{{- include "maap.fullname" . -}}
+{{- end -}}
