@@ -67,8 +67,11 @@ def read(path: Path) -> Dockerfile:
 
 def installing(stage: Stage, name: str) -> tuple[Instruction, PipInstall]:
     """The one `pip install` of the stage that names package `name` (pinned: name==x)."""
-    found = [(i, p) for i, p in pip_installs(stage) if any(
-        canonicalize_name(re.split(r"[=<>!~\[ ]", t)[0]) == name for t in p.targets)]  # fmt: skip
+
+    def names(pip: PipInstall) -> set[str]:
+        return {canonicalize_name(re.split(r"[=<>!~\[ ]", t)[0]) for t in pip.targets}
+
+    found = [(i, p) for i, p in pip_installs(stage) if name in names(p)]
     assert len(found) == 1, f"{name}: installed by {len(found)} pip commands in the stage"
     return found[0]
 
@@ -112,7 +115,8 @@ def test_each_image_builds_maap_from_a_copy_of_every_package(dockerfile: Path) -
     assert len(projects) == 1, projects
     stage, instruction, project = projects[0]
     setuptools = PYPROJECT["tool"]["setuptools"]
-    wanted = {"pyproject.toml": "pyproject.toml", PYPROJECT["project"]["readme"]: "README.md"}
+    readme = PYPROJECT["project"]["readme"]
+    wanted = {"pyproject.toml": "pyproject.toml", readme: readme}
     for package in setuptools["packages"]:
         top, *sub = package.split(".")
         source = "/".join([setuptools["package-dir"][top], *sub, "__init__.py"])
