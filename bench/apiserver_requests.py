@@ -1,47 +1,52 @@
-"""API requests the operator makes at steady state, counted by the API server itself.
+"""API requests the operator makes at steady state, from the API server's own audit log.
 
-The API server's `apiserver_request_total` counter, summed over the resources the
-operator reads and writes, minus watches (long-lived, one per kind, not per job). Other
-clients of the test cluster (controller-manager, scheduler, kwok) touch those resources
-too: a window measured before the operator starts is their share, subtracted.
+The test control plane writes one audit line per request (ControlPlane(audit_log=...)).
+Requests of the cluster's own components (kube-apiserver, controller-manager, scheduler,
+kwok) are told apart by their user agent; what is left in a window where the benchmark
+itself sends nothing is the operator's. Watches are long-lived, one per kind for the whole
+operator, not per job: they are counted apart.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
-# What the operator touches (maap.rbac RULES), as the API server names them.
-OPERATOR_RESOURCES = frozenset({
-    "finetunejobs", "configmaps", "persistentvolumeclaims", "services", "secrets", "jobs",
-    "deployments", "pods", "events",
-})  # fmt: skip
-
-Scrape = Callable[[], str]  # GET /metrics of the API server, as text
+CLUSTER_AGENTS = ("kube-apiserver/", "kube-controller-manager/", "kube-scheduler/", "kwok/")
 
 
-def request_count(metrics_text: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(metrics_text):
-        if family.name != "apiserver_request":
+def _received(entry: dict) -> float:
+    return datetime.fromisoformat(
+        entry["requestReceivedTimestamp"].replace("Z", "+00:00")
+    ).timestamp()
+
+
+def client_requests(audit_log: Path, start: float, end: float) -> Counter[str]:
+    """'verb resource[/subresource]' -> count, for requests not sent by the cluster itself."""
+    counts: Counter[str] = Counter()
+    for line in audit_log.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        if entry.get("userAgent", "").startswith(CLUSTER_AGENTS):
             continue
-        for sample in family.samples:
-            labels = sample.labels
-            if (
-                sample.name == "apiserver_request_total"
-                and labels.get("resource") in OPERATOR_RESOURCES
-                and labels.get("verb") != "WATCH"
-            ):
-                total += sample.value
-    return total
+        if not start <= _received(entry) <= end:
+            continue
+        ref = entry.get("objectRef") or {}
+        resource = ref.get("resource") or entry.get("requestURI", "?").split("?")[0]
+        if ref.get("subresource"):
+            resource += f"/{ref['subresource']}"
+        counts[f"{entry['verb']} {resource}"] += 1
+    return counts
 
 
-def requests_per_minute(scrape: Scrape, window_s: float) -> float:
-    """Requests per minute to the operator's resources over the next `window_s` seconds."""
-    before = request_count(scrape())
+def requests_in_window(audit_log: Path, window_s: float) -> tuple[float, dict[str, int]]:
+    """Requests per minute (watches excluded) over the next `window_s`, and the breakdown."""
+    start = time.time()
     time.sleep(window_s)
-    after = request_count(scrape())
-    # The two scrapes are GETs of /metrics, not of these resources: nothing to subtract.
-    return (after - before) * 60.0 / window_s
+    end = time.time()
+    time.sleep(2)  # the audit backend writes in batches
+    counts = client_requests(audit_log, start, end)
+    total = sum(n for key, n in counts.items() if not key.startswith("watch "))
+    return total * 60.0 / window_s, dict(counts.most_common())

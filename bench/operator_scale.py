@@ -6,9 +6,15 @@ process. The baseline, measured in the same run against the same API server, is 
 client creating the same training Job directly: the floor any operator sits on.
 
     python bench/operator_scale.py --count 300 --runs 3
+    python bench/operator_scale.py --runs 0 --operator-src /tmp/old-checkout  # another version
 
 FineTuneJobs are created suspended, so the cluster does not also run N fake pods: this
 measures the operator (watch -> reconcile -> create), not kwok.
+
+Then the steady state: --steady-jobs suspended FineTuneJobs plus --serving-jobs that kwok
+carries through training and export to Serving, left alone; the API server counts the
+operator's requests per job per minute in its audit log (bench/apiserver_requests.py:
+every request not sent by the cluster's own components, the benchmark sending nothing).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -28,7 +35,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "cluster"))
+sys.path.insert(0, str(REPO / "bench"))
 
+from apiserver_requests import requests_in_window  # noqa: E402
 from controlplane import ControlPlane  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
 from maap import builders  # noqa: E402
@@ -37,8 +46,8 @@ from maap.manifest import parse_manifest  # noqa: E402
 from maap_trainer.ports import free_port  # noqa: E402
 
 
-def finetunejob(name: str) -> dict[str, Any]:
-    return {
+def finetunejob(name: str, storage_class: str | None = None, run: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "FineTuneJob",
         "metadata": {"name": name},
@@ -48,6 +57,60 @@ def finetunejob(name: str) -> dict[str, Any]:
             "suspend": True,
         },
     }
+    if storage_class:
+        # A claim that binds (an unbound one makes the volume controller post an Event every
+        # 15 s, which is the cluster's traffic, not the operator's).
+        body["spec"].update(
+            backoffLimit=0, storage={"size": "1Gi", "storageClassName": storage_class}
+        )
+    if run:
+        body["spec"]["suspend"] = False  # kwok carries it through to Serving
+    return body
+
+
+def make_volume(core: client.CoreV1Api, storage_class: str) -> None:
+    core.create_persistent_volume({
+        "metadata": {"name": f"pv-{uuid.uuid4().hex[:8]}"},
+        "spec": {
+            "capacity": {"storage": "5Gi"}, "accessModes": ["ReadWriteOnce"],
+            "storageClassName": storage_class, "hostPath": {"path": "/tmp/maap-bench"},
+        },
+    })  # fmt: skip
+
+
+def steady_state(
+    audit_log: Path, api: client.ApiClient, suspended: int, serving: int, window: float
+) -> dict[str, Any]:
+    """Requests per minute once `suspended` + `serving` jobs sit still."""
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    namespace = new_namespace(core)
+    for i in range(suspended + serving):
+        storage_class = f"bench-{uuid.uuid4().hex[:6]}"
+        make_volume(core, storage_class)
+        name = f"idle-{i}" if i < suspended else f"serve-{i}"
+        body = finetunejob(name, storage_class, run=i >= suspended)
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 600:
+        items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+        phases = [(i.get("status") or {}).get("phase") for i in items]
+        ready = sum(
+            1
+            for i in items
+            for c in (i.get("status") or {}).get("conditions") or []
+            if c["type"] == "ServingReady" and c["status"] == "True"
+        )
+        if phases.count("Suspended") == suspended and ready == serving:
+            break
+        time.sleep(3)
+    settled_s = time.monotonic() - t0
+    time.sleep(20)  # the last status patches and Events of the pipeline
+    rate, breakdown = requests_in_window(audit_log, window)
+    return {
+        "suspended": suspended, "serving": serving, "serving_ready": ready,
+        "settled_s": settled_s, "requests_per_min": rate,
+        "per_job_per_min": rate / (suspended + serving), "requests": breakdown,
+    }  # fmt: skip
 
 
 class JobWatcher:
@@ -160,13 +223,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--steady-jobs", type=int, default=300)
+    parser.add_argument("--serving-jobs", type=int, default=20)
+    parser.add_argument("--window", type=float, default=60.0, help="Steady-state window (s).")
+    parser.add_argument(
+        "--operator-src", type=Path, help="Run the operator of another checkout (its root)."
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "operator.json")
     args = parser.parse_args()
 
-    with ControlPlane(log=lambda m: None) as cp:
+    audit_log = Path(tempfile.mkdtemp(prefix="maap-bench-")) / "audit.log"
+    with ControlPlane(log=lambda m: None, audit_log=audit_log) as cp:
         api = cp.api_client()
         log_path = Path(cp.workdir) / "operator.log"
         env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig), "MAAP_PROGRESS_PORT": "0"}
+        if args.operator_src:
+            src = args.operator_src.resolve()
+            env["PYTHONPATH"] = f"{src / 'operator'}:{src / 'trainer-image'}"
         with log_path.open("wb") as log:
             operator = subprocess.Popen(
                 [sys.executable, "-m", "maap.cli", "operator",
@@ -188,6 +261,10 @@ def main() -> None:
                         if ns.metadata.name.startswith("bench-"):
                             client.CoreV1Api(api).delete_namespace(ns.metadata.name)
                     time.sleep(10)
+                steady = steady_state(
+                    audit_log, api, args.steady_jobs, args.serving_jobs, args.window
+                )
+                print(json.dumps(steady), flush=True)
             finally:
                 operator.terminate()
                 operator.wait(30)
@@ -197,7 +274,9 @@ def main() -> None:
         "count": args.count,
         "idle_rss_mib": idle_rss,
         "single_create_to_job_s": singles,
+        "operator_src": str(args.operator_src or REPO),
         "runs": runs,
+        "steady_state": steady,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
@@ -210,7 +289,14 @@ def summarize(result: dict[str, Any]) -> None:
             fmt.format(v) for v in (min(values), statistics.median(values), max(values))
         )
 
+    steady = result["steady_state"]
+    print(f"steady state, {steady['suspended']} suspended + {steady['serving_ready']}/"
+          f"{steady['serving']} serving jobs: {steady['requests_per_min']:.1f} requests/min "
+          f"from the operator = {steady['per_job_per_min']:.3f} per job per minute; "
+          f"by kind: {steady['requests']}")  # fmt: skip
     runs = result["runs"]
+    if not runs:
+        return
     op = [r["operator"] for r in runs]
     base = [r["baseline"] for r in runs]
     print(f"single FineTuneJob, create -> Job (s, min/median/max of 5): "

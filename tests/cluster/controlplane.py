@@ -286,8 +286,12 @@ class ControlPlane:
         timeout: float = 180.0,
         log: Callable[[str], None] | None = None,
         advertise_address: str | None = None,
+        audit_log: Path | None = None,
     ) -> None:
-        """advertise_address: None (default) binds the API server to 127.0.0.1 with no
+        """audit_log: the API server writes one JSON line per request there (metadata level;
+        bench/operator_scale.py attributes requests to clients with it).
+
+        advertise_address: None (default) binds the API server to 127.0.0.1 with no
         endpoints for the `kubernetes` Service (kwok-only clusters: no pod dials it). An
         address of this host that pods reach (tests/cluster/node.py puts 10.199.0.1 on a
         port-less bridge) makes the API server bind and advertise it, keep the Service's
@@ -296,6 +300,7 @@ class ControlPlane:
         the NodeRestriction admission plugin."""
         self.bin_dir = Path(bin_dir) if bin_dir else default_bin_dir()
         self.advertise_address = advertise_address
+        self.audit_log = audit_log
         self.api_host = advertise_address or "127.0.0.1"
         self.crds_dir = crds_dir
         self.nodes = tuple(nodes)
@@ -533,6 +538,13 @@ class ControlPlane:
                 # nothing in-cluster dials it here (no pods run), so keep none.
                 "--endpoint-reconciler-type=none",
             ]
+        if self.audit_log is not None:
+            policy = self.workdir / "audit-policy.yaml"
+            policy.write_text(
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\n"
+                "omitStages: [RequestReceived]\nrules:\n- level: Metadata\n"
+            )
+            address_args += [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}"]
         proc = self._spawn(
             "kube-apiserver",
             [
