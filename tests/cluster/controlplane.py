@@ -181,6 +181,26 @@ class _Process:
     logfile: IO[bytes]
 
 
+def spawn_logged(
+    binary: Path, args: Sequence[str | Path], logs_dir: Path, cwd: Path, env: dict[str, str]
+) -> _Process:
+    """Start a binary with its output appended to LOGS_DIR/NAME.log, in its own process
+    group (stopping it kills its children too), killed if this process dies."""
+    log = logs_dir / f"{binary.name}.log"
+    logfile = log.open("ab")
+    popen = subprocess.Popen(
+        [str(binary), *map(str, args)],
+        stdin=subprocess.DEVNULL,
+        stdout=logfile,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+    return _Process(binary.name, popen, log, logfile)
+
+
 def exited(procs: Sequence[_Process], what: str) -> str | None:
     """Why waiting for `what` is over: the first process that exited, with its log tail."""
     for p in procs:
@@ -420,19 +440,9 @@ class ControlPlane:
     def _spawn(
         self, name: str, args: Sequence[str | Path], env: dict[str, str] | None = None
     ) -> _Process:
-        log = self.logs_dir / f"{name}.log"
-        logfile = log.open("ab")
-        popen = subprocess.Popen(
-            [str(self.bin_dir / name), *map(str, args)],
-            stdin=subprocess.DEVNULL,
-            stdout=logfile,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,  # own process group: stop() kills it with its children
-            preexec_fn=_die_with_parent,
+        proc = spawn_logged(
+            self.bin_dir / name, args, self.logs_dir, self.workdir, {**os.environ, **(env or {})}
         )
-        proc = _Process(name, popen, log, logfile)
         self._procs.append(proc)
         return proc
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import node_images
-from controlplane import _die_with_parent, _Process, _tail, exited
+from controlplane import _Process, _tail, exited, spawn_logged
 
 NODE_BINARIES = ("kubelet", "kube-proxy", "containerd", "ctr", "containerd-shim-runc-v2", "coredns")
 CNI_BIN_DIR = Path("/usr/lib/cni")
@@ -61,21 +61,9 @@ class Processes:
         self.procs: list[_Process] = []
 
     def spawn(self, name: str, args: Sequence[str | Path]) -> _Process:
-        log = self.logs_dir / f"{name}.log"
-        logfile = log.open("ab")
         # The bin dir first: containerd finds its shim (containerd-shim-runc-v2) on PATH.
         env = {**os.environ, "PATH": f"{self.bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"}
-        popen = subprocess.Popen(
-            [str(self.bin_dir / name), *map(str, args)],
-            stdin=subprocess.DEVNULL,
-            stdout=logfile,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        proc = _Process(name, popen, log, logfile)
+        proc = spawn_logged(self.bin_dir / name, args, self.logs_dir, self.workdir, env)
         self.procs.append(proc)
         return proc
 
