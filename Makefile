@@ -43,7 +43,7 @@ test:
 	$(PYTHON) -m pytest
 
 test-fast:
-	$(PYTHON) -m pytest -m "not slow and not controlplane"
+	$(PYTHON) -m pytest -m "not slow and not controlplane and not realnode"
 
 lint:
 	ruff check . && ruff format --check .

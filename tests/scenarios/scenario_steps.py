@@ -173,7 +173,7 @@ def install_chart(cluster: Cluster, images: Images, extra: list[str] = ()) -> fl
         "--set", f"image.pullPolicy={images.pull_policy}",
         "--set", f"trainer.image.repository={tr_repo}", "--set", f"trainer.image.tag={tr_tag}",
         "--set", f"trainer.image.pullPolicy={images.pull_policy}",
-        "--set", "reconcileInterval=3",
+        "--set", "waitCheckSeconds=3",
         *extra, "--wait", "--timeout", "5m",
     )  # fmt: skip
     seconds = time.monotonic() - started
