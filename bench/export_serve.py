@@ -44,7 +44,7 @@ def export_all(
 ) -> dict[str, Any]:
     """Export each precision `runs` times (build time and size); the parity gate, if asked,
     runs once per precision (it is mostly PyTorch time, and deterministic)."""
-    from maap_trainer.config import TrainerConfig
+    from maap_api.stage_config import TrainerConfig
     from maap_trainer.export import run_export
 
     results = {}

@@ -41,8 +41,8 @@ from apiserver_requests import requests_in_window  # noqa: E402
 from controlplane import ControlPlane  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
 from maap import builders  # noqa: E402
-from maap.api import GROUP, PLURAL, VERSION  # noqa: E402
 from maap.manifest import parse_manifest  # noqa: E402
+from maap_api.finetunejob import GROUP, PLURAL, VERSION  # noqa: E402
 from maap_trainer.ports import free_port  # noqa: E402
 
 

@@ -37,7 +37,7 @@ VARIANTS = ("baseline", "maap", "maap-fp32")
 
 
 def base_checkpoint() -> str:
-    from maap_trainer.config import ModelSource
+    from maap_api.stage_config import ModelSource
     from maap_trainer.model_prep import prepare_base_model
 
     return prepare_base_model(ModelSource(preset="smollm2-135m-instruct"))

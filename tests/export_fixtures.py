@@ -36,7 +36,7 @@ class ExportRun:
 
 
 def job_config(output_dir: Path, export: dict[str, Any]) -> Any:
-    from maap_trainer.config import TrainerConfig
+    from maap_api.stage_config import TrainerConfig
 
     return TrainerConfig.model_validate(
         {

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 import yaml
-from maap.api import FineTuneJob
 from maap.builders import SERVING_TOKEN_ENV, OperatorSettings, build_serving_deployment
 from maap.manifest import ManifestError, load_manifest, parse_manifest
+from maap_api.finetunejob import FineTuneJob
 
 from tests.conftest import EXAMPLE_MANIFEST
 

@@ -33,3 +33,11 @@ def test_control_plane_never_imports_torch() -> None:
 def test_data_plane_never_imports_kubernetes() -> None:
     loaded = imported_after(modules(maap_trainer))
     assert not loaded & {"kopf", "kubernetes", "maap"}
+
+
+def test_the_api_imports_neither_plane() -> None:
+    """maap_api (the FineTuneJob API and its rules) is pydantic only: both images carry it."""
+    import maap_api
+
+    loaded = imported_after(modules(maap_api))
+    assert not loaded & {"torch", "transformers", "kopf", "kubernetes", "maap", "maap_trainer"}

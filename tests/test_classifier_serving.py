@@ -47,7 +47,7 @@ class Classifier:
 def make_classifier(root: Path, task: str, labels: list[str]) -> Classifier:
     import torch
     import transformers
-    from maap_trainer.config import ModelSource
+    from maap_api.stage_config import ModelSource
     from maap_trainer.model_prep import prepare_base_model
 
     base = prepare_base_model(ModelSource(preset="all-minilm-l6-v2"))
@@ -93,7 +93,7 @@ def pytorch_labels(c: Classifier, texts: list[str]) -> list[str] | list[list[str
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Classifier, Path, dict]]:
-    from maap_trainer.config import ParitySpec
+    from maap_api.stage_config import ParitySpec
     from maap_trainer.export.classifier import classifier_parity, export_classifier
 
     root = tmp_path_factory.mktemp("classifiers")
@@ -121,7 +121,7 @@ def test_fp32_classifiers_match_pytorch(exported: dict) -> None:
 
 @pytest.mark.slow
 def test_int8_classifier_is_smaller_and_gated(exported: dict, tmp_path: Path) -> None:
-    from maap_trainer.config import ParitySpec
+    from maap_api.stage_config import ParitySpec
     from maap_trainer.export.classifier import classifier_parity, export_classifier
     from maap_trainer.export.genai_build import ExportError
 
@@ -178,7 +178,7 @@ def test_classify_endpoint_serves_both_tasks_like_pytorch(exported: dict, tmp_pa
 def test_export_stage_exports_a_classifier_job(exported: dict, tmp_path: Path) -> None:
     import os
 
-    from maap_trainer.config import TrainerConfig
+    from maap_api.stage_config import TrainerConfig
     from maap_trainer.export import ExportError, run_export
 
     from tests.conftest import EXAMPLES

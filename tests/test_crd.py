@@ -14,7 +14,7 @@ CRD_FILE = REPO / "crds" / "finetunejobs.maap.dev.yaml"
 
 def test_committed_crd_matches_the_models() -> None:
     assert CRD_FILE.read_text() == render_crd(), (
-        "crds/ drifted from operator/maap/api.py: run `make crd` and commit the result"
+        "crds/ drifted from api/maap_api/finetunejob.py: run `make crd` and commit the result"
     )
 
 

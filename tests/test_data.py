@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from maap_trainer.data import (
+from maap_api.errors import DatasetError
+from maap_trainer.train.data import (
     IGNORE_INDEX,
     Example,
     load_dataset,
@@ -14,7 +15,6 @@ from maap_trainer.data import (
     split_examples,
     tokenize_example,
 )
-from maap_trainer.errors import DatasetError
 
 from tests.conftest import PIRATE_DATA
 

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from maap_trainer.data import load_dataset, load_examples
-from maap_trainer.errors import DatasetError
+from maap_api.errors import DatasetError
+from maap_trainer.train.data import load_dataset, load_examples
 
 from tests.conftest import EXAMPLES
 

@@ -15,7 +15,7 @@ from tests.export_fixtures import TEST_PARITY, ExportRun, export_base, int4_expo
 
 
 def test_fp16_on_cpu_is_refused_with_the_field_named() -> None:
-    from maap_trainer.config import ExportSpec
+    from maap_api.stage_config import ExportSpec
 
     with pytest.raises(ValidationError, match="precision: fp16 needs executionProvider cuda"):
         ExportSpec(precision="fp16")
@@ -23,7 +23,7 @@ def test_fp16_on_cpu_is_refused_with_the_field_named() -> None:
 
 
 def test_quantization_only_for_integer_precisions() -> None:
-    from maap_trainer.config import ExportSpec
+    from maap_api.stage_config import ExportSpec
 
     with pytest.raises(ValidationError, match="quantization: k_quant applies to precision int4"):
         ExportSpec(precision="fp32", quantization="k_quant")
@@ -58,7 +58,7 @@ def test_builder_command_passes_precision_provider_and_recipe(
 
 
 def test_judge_names_the_threshold_that_failed() -> None:
-    from maap_trainer.config import ParitySpec
+    from maap_api.stage_config import ParitySpec
     from maap_trainer.export.parity import ParityResult, judge
 
     def result(precision: str, exact: int, agreement: float, ppl: float) -> ParityResult:

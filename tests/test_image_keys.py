@@ -138,7 +138,7 @@ def test_repo_images_are_keyed_by_what_each_one_copies(repo_copy: Path) -> None:
             init = "/".join([setuptools["package-dir"][top], *sub, "__init__.py"])
             assert init in hashed, f"{name}: {init} is not hashed"
     changed_by = {
-        "operator/maap/api.py": {"trainer", "operator"},
+        "api/maap_api/finetunejob.py": {"trainer", "operator"},
         "trainer-image/maap_trainer/serve/server.py": {"trainer", "operator"},
         "README.md": {"trainer", "operator"},  # pyproject's readme: part of the install
         "trainer-image/constraints.txt": {"trainer"},

@@ -176,7 +176,7 @@ def test_operator_imports_need_only_its_requirements() -> None:
         canonicalize_name(dist)
         for module in done.stdout.split()
         for dist in owners.get(module, [])
-        if module not in ("maap", "maap_trainer") and module not in OPTIONAL_IMPORTS
+        if module not in ("maap", "maap_api", "maap_trainer") and module not in OPTIONAL_IMPORTS
     }
     missing = needed - set(OPERATOR_PINS)
     assert not missing, f"the operator imports {missing}: add them to pyproject's control plane"

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from maap_trainer.iob2 import entity_spans, is_tag
-from maap_trainer.tasks import ner_metrics
+from maap_trainer.train.tasks import ner_metrics
 
 NAMES = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 

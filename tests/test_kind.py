@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from maap.api import FineTuneJob
+from maap_api.finetunejob import FineTuneJob
 
 from tests.conftest import EXAMPLE_MANIFEST, REPO
 

@@ -9,9 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from maap_trainer.errors import ConfigError  # noqa: E402
-from maap_trainer.loss import SupervisedPositionsLoss  # noqa: E402
-from maap_trainer.train import cpu_has_native_bf16, resolve_precision  # noqa: E402
+from maap_api.errors import ConfigError  # noqa: E402
+from maap_trainer.train.loss import SupervisedPositionsLoss  # noqa: E402
+from maap_trainer.train.run import cpu_has_native_bf16, resolve_precision  # noqa: E402
 
 IGNORE = -100
 
@@ -130,8 +130,8 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
 
 
 def test_training_arguments_group_by_length_unless_extra_args_say_otherwise(tmp_path: Path):
-    from maap_trainer.config import TrainerConfig
-    from maap_trainer.train import training_arguments
+    from maap_api.stage_config import TrainerConfig
+    from maap_trainer.train.run import training_arguments
 
     def arguments(training: dict, precision: str = "fp32"):
         cfg = TrainerConfig.model_validate(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from maap_trainer.data import IGNORE_INDEX, Example, tokenize_example
-from maap_trainer.packing import PaddingCollator, pack_rows
+from maap_trainer.train.data import IGNORE_INDEX, Example, tokenize_example
+from maap_trainer.train.packing import PaddingCollator, pack_rows
 
 CHATS = [
     [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "Arr, four."}],

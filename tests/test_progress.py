@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from maap_api.results import TrainedMetrics
 from maap_trainer import progress
 from maap_trainer.progress import (
     PROGRESS_TOKEN_ENV,
@@ -26,7 +27,6 @@ from maap_trainer.progress import (
     read_progress,
     write_progress,
 )
-from maap_trainer.results import TrainedMetrics
 
 REPO = Path(__file__).resolve().parents[1]
 DELAY = 1.0  # seconds the slow server takes to answer each report
@@ -79,7 +79,7 @@ def reporting_to(slow_server: SlowServer, monkeypatch: pytest.MonkeyPatch) -> Sl
 def test_step_callback_never_waits_for_a_slow_operator(
     reporting_to: SlowServer, tmp_path: Path
 ) -> None:
-    from maap_trainer.callbacks import progress_callback
+    from maap_trainer.train.callbacks import progress_callback
     from transformers import TrainerControl, TrainerState
 
     callback = progress_callback(tmp_path)

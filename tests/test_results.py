@@ -13,15 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from maap.api import FineTuneJobStatus
 from maap.local.runner import LocalRunner
 from maap.local.summary import summary_rows
 from maap.progress_api import status_patch
-from maap_trainer.config import ParitySpec, TrainerConfig
-from maap_trainer.export import _report
-from maap_trainer.export.parity import ParityResult, judge
-from maap_trainer.progress import PROGRESS_URL_ENV, ProgressReport, read_progress
-from maap_trainer.results import (
+from maap_api.finetunejob import FineTuneJobStatus
+from maap_api.results import (
     ExportResult,
     ParityFigures,
     ResultError,
@@ -29,6 +25,10 @@ from maap_trainer.results import (
     read_result,
     write_result,
 )
+from maap_api.stage_config import ParitySpec, TrainerConfig
+from maap_trainer.export import _report
+from maap_trainer.export.parity import ParityResult, judge
+from maap_trainer.progress import PROGRESS_URL_ENV, ProgressReport, read_progress
 from rich.console import Console
 
 from tests.conftest import PIRATE_DATA

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from maap_trainer.checkpoints import COMPLETE_MARKER
+from maap_trainer.train.checkpoints import COMPLETE_MARKER
 
 from tests.trainer_helpers import (
     metrics_of,

@@ -1,4 +1,4 @@
-"""The rule table (maap_trainer.rules) is the only place cross-field rules live, pydantic
+"""The rule table (maap_api.rules) is the only place cross-field rules live, pydantic
 enforces every rule in it, and the CRD carries every API rule as CEL at its section.
 
 tests/controlplane/test_trainer_rules.py sends each rule's example through `maap validate`
@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 import yaml
-from maap.api import FineTuneJob, FineTuneJobSpec
 from maap.crd import build_crd
 from maap.manifest import ManifestError, parse_manifest
-from maap_trainer.config import CamelModel, TrainerConfig
-from maap_trainer.field_errors import field_errors
-from maap_trainer.rules import RULES, Rule, rules_for
+from maap_api.field_errors import field_errors
+from maap_api.finetunejob import FineTuneJob, FineTuneJobSpec
+from maap_api.rules import RULES, Rule, rules_for
+from maap_api.stage_config import CamelModel, TrainerConfig
 from pydantic import BaseModel, ValidationError
 
 from tests.test_api import MINIMAL

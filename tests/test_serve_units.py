@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 import pytest
-from maap_trainer.errors import ConfigError
+from maap_api.errors import ConfigError
 from maap_trainer.serve.auth import check_bearer, load_token
 from maap_trainer.serve.launch import add_serve_arguments, parse_adapters, serving_config
 from maap_trainer.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest

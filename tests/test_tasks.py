@@ -1,4 +1,4 @@
-"""The classification and NER rows the trainer builds (maap_trainer.tasks), on the MiniLM
+"""The classification and NER rows the trainer builds (maap_trainer.train.tasks), on the MiniLM
 tokenizer: cut to maxSeqLength and counted when cut; NER tags on each word's first piece."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from maap_trainer.config import ModelSource, TrainerConfig
-from maap_trainer.data import IGNORE_INDEX, DatasetSplits, Example
-from maap_trainer.errors import ConfigError
-from maap_trainer.tasks import prepare_task
+from maap_api.errors import ConfigError
+from maap_api.stage_config import ModelSource, TrainerConfig
+from maap_trainer.train.data import IGNORE_INDEX, DatasetSplits, Example
+from maap_trainer.train.tasks import prepare_task
 
 MAX_LEN = 16
 LONG = [f"word{i}" for i in range(MAX_LEN + 4)]

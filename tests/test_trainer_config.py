@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from maap.crd import build_crd
 from maap.manifest import ManifestError, parse_manifest
-from maap_trainer.config import DeepSpeedSpec, MethodSpec, TrainerConfig
-from maap_trainer.deepspeed_config import build_deepspeed_config
-from maap_trainer.distributed import launch_command, set_runtime_env, topology_from_env
-from maap_trainer.errors import ConfigError
-from maap_trainer.field_errors import format_validation_error
+from maap_api.errors import ConfigError
+from maap_api.field_errors import format_validation_error
+from maap_api.stage_config import DeepSpeedSpec, MethodSpec, TrainerConfig
+from maap_trainer.train.deepspeed_config import build_deepspeed_config
+from maap_trainer.train.distributed import launch_command, set_runtime_env, topology_from_env
 from pydantic import ValidationError
 
 from tests.test_api import MINIMAL

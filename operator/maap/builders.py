@@ -10,10 +10,10 @@ import hashlib
 import json
 from typing import Any
 
-from maap_trainer.config import TrainerConfig
-from maap_trainer.results import ONNX_DIR
+from maap_api.finetunejob import SERVING_TOKEN_ENV, FineTuneJob
+from maap_api.results import ONNX_DIR
+from maap_api.stage_config import TrainerConfig
 
-from maap.api import FineTuneJob
 from maap.objectmeta import (
     JOB_LABEL,
     Names,
@@ -54,7 +54,6 @@ __all__ = [
 ]
 
 MASTER_PORT = 29500
-SERVING_TOKEN_ENV = "MAAP_SERVING_TOKEN"
 CONFIG_HASH_ANNOTATION = "maap.dev/config-hash"
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 

@@ -13,8 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from maap_api.finetunejob import FineTuneJob
+
 from maap import builders
-from maap.api import FineTuneJob
 from maap.objectmeta import Names
 from maap.pipeline import Stage
 from maap.podspec import OperatorSettings

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from maap_trainer.errors import UserError
+from maap_api.errors import UserError
 from rich.console import Console
 
 from maap.crd import render_crd

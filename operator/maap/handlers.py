@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
+from maap_api.finetunejob import GROUP, PLURAL, VERSION
 
 from maap import metrics
-from maap.api import GROUP, PLURAL, VERSION
 from maap.kube import Kube, load_config
 from maap.objectmeta import JOB_LABEL
 from maap.progress_api import start_progress_server

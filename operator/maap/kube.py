@@ -110,7 +110,7 @@ class Kube:
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch the FineTuneJob's status subresource (only the keys given)."""
-        from maap.api import GROUP, PLURAL, VERSION
+        from maap_api.finetunejob import GROUP, PLURAL, VERSION
 
         client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": status},
@@ -149,7 +149,7 @@ class Kube:
         return list(json.loads(response.data).get("items") or [])
 
     def delete_finetunejob(self, namespace: str, name: str) -> None:
-        from maap.api import GROUP, PLURAL, VERSION
+        from maap_api.finetunejob import GROUP, PLURAL, VERSION
 
         try:
             client.CustomObjectsApi(self.api).delete_namespaced_custom_object(

@@ -1,5 +1,5 @@
 """Read a FineTuneJob manifest; every validation failure becomes a readable line naming the
-field (maap_trainer.field_errors formats them, as for every other caller)."""
+field (maap_api.field_errors formats them, as for every other caller)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from maap_trainer.field_errors import field_errors
-from maap_trainer.field_errors import format_validation_error as _format
+from maap_api.field_errors import field_errors
+from maap_api.field_errors import format_validation_error as _format
+from maap_api.finetunejob import FineTuneJob
 from pydantic import BaseModel, ValidationError
-
-from maap.api import FineTuneJob
 
 
 class ManifestError(ValueError):

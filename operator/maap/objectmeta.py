@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from maap.api import API_VERSION, KIND, FineTuneJob
+from maap_api.finetunejob import API_VERSION, KIND, FineTuneJob
 
 JOB_LABEL = "maap.dev/finetunejob"
 

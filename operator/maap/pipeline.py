@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from maap.api import FineTuneJob
+from maap_api.finetunejob import FineTuneJob
+
 from maap.blockers import Blocker
 
 Stage = Literal["train", "export", "serving"]

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from maap_trainer.presets import PRESETS
+from maap_api.finetunejob import FineTuneJob
+from maap_api.presets import PRESETS
 
-from maap.api import FineTuneJob
 from maap.objectmeta import Names
 from maap.stages import JOB_STAGES
 
@@ -24,7 +24,7 @@ OUTPUT_DIR = f"{WORKSPACE}/output"
 GPU_RESOURCE = "nvidia.com/gpu"
 TMP_DIR = "/tmp"
 # The trainer's exit codes (maap_trainer.__main__): a user error, and a stage stopped by
-# SIGTERM after saving a checkpoint (maap_trainer.preemption.EXIT_PREEMPTED).
+# SIGTERM after saving a checkpoint (maap_trainer.train.preemption.EXIT_PREEMPTED).
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75
 # Time a stopped training pod gets to finish its step and save a checkpoint.

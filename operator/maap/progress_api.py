@@ -17,11 +17,11 @@ from typing import Any
 from aiohttp import web
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from maap_trainer.field_errors import format_validation_error
+from maap_api.field_errors import format_validation_error
+from maap_api.finetunejob import GROUP, PLURAL, VERSION
 from maap_trainer.progress import ProgressReport
 from pydantic import ValidationError
 
-from maap.api import GROUP, PLURAL, VERSION
 from maap.builders import Names
 
 log = logging.getLogger("maap.progress")

@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-
-from maap.api import GROUP, PLURAL
+from maap_api.finetunejob import GROUP, PLURAL
 
 # (apiGroups, resources, verbs) and why.
 RULES: list[tuple[list[str], list[str], list[str]]] = [

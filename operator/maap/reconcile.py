@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from maap_api.finetunejob import FineTuneJob
 from pydantic import ValidationError
 
 from maap import children, metrics
-from maap.api import FineTuneJob
 from maap.kube import Kube
 from maap.manifest import format_validation_error
 from maap.objectmeta import Names

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from maap_api.finetunejob import GROUP, PLURAL, VERSION
 
-from maap.api import GROUP, PLURAL, VERSION
 from maap.objectmeta import JOB_LABEL
 
 MANAGED_BY = "app.kubernetes.io/managed-by=maap-operator"

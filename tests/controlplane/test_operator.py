@@ -22,7 +22,7 @@ import httpx
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from maap.api import GROUP, PLURAL, VERSION
+from maap_api.finetunejob import GROUP, PLURAL, VERSION
 
 from tests.conftest import free_port
 

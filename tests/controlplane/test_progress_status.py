@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from maap.api import GROUP, PLURAL, VERSION, FineTuneJobStatus
 from maap.local.summary import summary_rows
 from maap.progress_api import start_progress_server
+from maap_api.finetunejob import GROUP, PLURAL, VERSION, FineTuneJobStatus
+from maap_api.results import ExportResult
 from maap_trainer import progress
 from maap_trainer.export import _report
 from maap_trainer.progress import PROGRESS_TOKEN_ENV, PROGRESS_URL_ENV, ProgressReport
-from maap_trainer.results import ExportResult
 
 from tests.conftest import free_port
 from tests.test_results import config, export_info, outputs, parity, train_metrics

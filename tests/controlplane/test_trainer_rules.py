@@ -1,4 +1,4 @@
-"""Every rule of the table (maap_trainer.rules), enforced by `maap validate` and by a real
+"""Every rule of the table (maap_api.rules), enforced by `maap validate` and by a real
 API server with the committed CRD, with the same field and the same message.
 
 For each rule, its example (a minimal valid FineTuneJob plus the change that breaks the

@@ -23,16 +23,16 @@ import sys
 import traceback
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from maap_trainer.config import TrainerConfig
-from maap_trainer.errors import (
+from maap_api.errors import (
     ConfigError,
     TrainingPreempted,
     UserError,
     write_termination_message,
 )
-from maap_trainer.field_errors import format_validation_error
+from maap_api.field_errors import format_validation_error
+from maap_api.stage_config import TrainerConfig
+from pydantic import ValidationError
+
 from maap_trainer.serve.launch import add_serve_arguments
 
 EXIT_USER_ERROR = 2
@@ -82,8 +82,8 @@ def _run(args: argparse.Namespace) -> None:
 
         print(json.dumps({"model": prepare_base_model(cfg.model)}))
     elif args.stage == "train":
-        from maap_trainer.distributed import is_worker, rank
-        from maap_trainer.launch import run_train_stage
+        from maap_trainer.train.distributed import is_worker, rank
+        from maap_trainer.train.launch import run_train_stage
 
         metrics = run_train_stage(cfg, args.config)
         if not is_worker() or rank() == 0:
@@ -96,7 +96,7 @@ def _run(args: argparse.Namespace) -> None:
 
 def _report_to_launcher(message: str) -> None:
     """A training worker's user error goes back to the launcher, which exits 2 with it."""
-    from maap_trainer.distributed import WORKER_ERROR_ENV
+    from maap_trainer.train.distributed import WORKER_ERROR_ENV
 
     target = os.environ.get(WORKER_ERROR_ENV)
     if target:
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         _report_to_launcher(message)
         return EXIT_USER_ERROR
     except TrainingPreempted as exc:
-        from maap_trainer.preemption import EXIT_PREEMPTED
+        from maap_trainer.train.preemption import EXIT_PREEMPTED
 
         print(f"maap: {exc}", file=sys.stderr)
         write_termination_message(str(exc))

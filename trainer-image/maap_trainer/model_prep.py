@@ -15,9 +15,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from maap_trainer.config import ModelSource
-from maap_trainer.errors import ConfigError
-from maap_trainer.presets import PRESETS, Preset
+from maap_api.errors import ConfigError
+from maap_api.presets import PRESETS, Preset
+from maap_api.stage_config import ModelSource
 
 COMPLETE_MARKER = ".maap-complete"
 

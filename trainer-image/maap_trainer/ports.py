@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from maap_trainer.errors import ConfigError
+from maap_api.errors import ConfigError
 
 
 def ensure_port_free(host: str, port: int) -> None:

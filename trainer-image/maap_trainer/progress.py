@@ -18,10 +18,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from maap_api.results import ArtifactPaths, ExportSummary, TrainedMetrics
+from maap_api.stage_config import CamelModel
 from pydantic import Field
-
-from maap_trainer.config import CamelModel
-from maap_trainer.results import ArtifactPaths, ExportSummary, TrainedMetrics
 
 __all__ = [
     "PROGRESS_FILE",

@@ -19,12 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maap_trainer.config import TrainerConfig
-from maap_trainer.data import load_examples
-from maap_trainer.errors import TERMINATION_LOG_ENV, UserError
-from maap_trainer.outdirs import directory_size
-from maap_trainer.progress import read_progress
-from maap_trainer.results import (
+from maap_api.errors import TERMINATION_LOG_ENV, UserError
+from maap_api.finetunejob import FineTuneJob
+from maap_api.results import (
     EXPORT_FILE,
     METRICS_FILE,
     ONNX_DIR,
@@ -34,6 +31,10 @@ from maap_trainer.results import (
     TrainMetrics,
     read_result,
 )
+from maap_api.stage_config import TrainerConfig
+from maap_trainer.outdirs import directory_size
+from maap_trainer.progress import read_progress
+from maap_trainer.train.data import load_examples
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -46,7 +47,6 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from maap.api import FineTuneJob
 from maap.local.serving import CONFIG_FILE, LocalServer, local_server
 from maap.local.summary import human_size, summary_rows
 from maap.stages import export_command, prepare_model_command, train_command

@@ -15,9 +15,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from maap_trainer.config import TrainerConfig
-from maap_trainer.errors import UserError
-from maap_trainer.field_errors import format_validation_error
+from maap_api.errors import UserError
+from maap_api.field_errors import format_validation_error
+from maap_api.stage_config import TrainerConfig
 from pydantic import ValidationError
 
 from maap.stages import serve_command

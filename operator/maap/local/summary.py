@@ -6,7 +6,7 @@ The rows come from the same typed summaries the stages report to the operator
 
 from __future__ import annotations
 
-from maap_trainer.results import ExportSummary, ParityFigures, TrainedMetrics
+from maap_api.results import ExportSummary, ParityFigures, TrainedMetrics
 
 
 def human_size(size: int) -> str:

@@ -19,18 +19,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from maap_trainer.config import TrainerConfig
-from maap_trainer.export.genai_build import BuildRequest, ExportError, build, keep_tokenizer
-from maap_trainer.outdirs import directory_size, file_sizes
-from maap_trainer.outdirs import publish as _publish
-from maap_trainer.progress import ProgressReport, write_progress
-from maap_trainer.results import (
+from maap_api.results import (
     EXPORT_FILE,
     ArtifactPaths,
     ExportResult,
     result_json,
     write_result,
 )
+from maap_api.stage_config import TrainerConfig
+
+from maap_trainer.export.genai_build import BuildRequest, ExportError, build, keep_tokenizer
+from maap_trainer.outdirs import directory_size, file_sizes
+from maap_trainer.outdirs import publish as _publish
+from maap_trainer.progress import ProgressReport, write_progress
 
 __all__ = ["EXPORT_INFO", "EXPORT_LOG", "ExportError", "run_export"]
 
@@ -148,7 +149,8 @@ def _run_classifier_export(cfg: TrainerConfig, merged: Path, log_path: Path) -> 
 
 def _classifier_texts(cfg: TrainerConfig) -> list[str] | None:
     """Eval-split texts (NER rows are joined words), or None for the built-in texts."""
-    from maap_trainer.errors import DatasetError
+    from maap_api.errors import DatasetError
+
     from maap_trainer.export.gate import load_eval_split
 
     try:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from maap_trainer.config import TrainerConfig
+from maap_api.stage_config import TrainerConfig
+
 from maap_trainer.export.genai_build import BuildRequest, ExportError, build, keep_tokenizer
 from maap_trainer.export.lora_adapter import (
     ADAPTER_SUFFIX,

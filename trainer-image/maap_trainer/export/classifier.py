@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from maap_trainer.config import ParitySpec
+from maap_api.stage_config import ParitySpec
+
 from maap_trainer.export.genai_build import ExportError
 
 CLASSIFIER_FILE = "maap_classifier.json"

@@ -6,8 +6,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from maap_trainer.config import TrainerConfig
-from maap_trainer.errors import DatasetError
+from maap_api.errors import DatasetError
+from maap_api.stage_config import TrainerConfig
+
 from maap_trainer.export.parity import (
     DEFAULT_TEXTS,
     OnnxSide,
@@ -24,7 +25,7 @@ log = logging.getLogger("maap.export")
 
 def load_eval_split(cfg: TrainerConfig) -> list[Any]:
     """The eval rows training held out (or the job's evalPath file)."""
-    from maap_trainer.data import load_dataset
+    from maap_trainer.train.data import load_dataset
 
     dataset = cfg.dataset
     splits = load_dataset(
@@ -39,7 +40,7 @@ def load_eval_split(cfg: TrainerConfig) -> list[Any]:
 
 def eval_texts(cfg: TrainerConfig, tokenizer: object) -> tuple[list[ScoredText], str]:
     """The eval split scored like training scores it (assistant tokens only if so trained)."""
-    from maap_trainer.data import IGNORE_INDEX, tokenize_example
+    from maap_trainer.train.data import IGNORE_INDEX, tokenize_example
 
     try:
         eval_rows = load_eval_split(cfg)

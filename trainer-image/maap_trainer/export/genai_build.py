@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from maap_trainer.errors import UserError
+from maap_api.errors import UserError
 
 
 class ExportError(UserError):

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maap_trainer.config import ParitySpec
+from maap_api.stage_config import ParitySpec
+
 from maap_trainer.export.genai_build import ExportError
 
 DEFAULT_PROMPTS = (

@@ -6,7 +6,7 @@ import hmac
 import os
 from pathlib import Path
 
-from maap_trainer.errors import ConfigError
+from maap_api.errors import ConfigError
 
 
 def load_token(env_name: str | None, file: Path | None) -> str | None:

@@ -10,10 +10,10 @@ import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from maap_api.field_errors import field_errors
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from maap_trainer.field_errors import field_errors
 from maap_trainer.serve.auth import check_bearer
 from maap_trainer.serve.metrics import ServerMetrics
 from maap_trainer.serve.protocol import APIError, error_body

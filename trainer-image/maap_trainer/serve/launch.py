@@ -11,9 +11,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from maap_trainer.config import ServingConfig
-from maap_trainer.errors import ConfigError
-from maap_trainer.field_errors import format_validation_error
+from maap_api.errors import ConfigError
+from maap_api.field_errors import format_validation_error
+from maap_api.stage_config import ServingConfig
 
 log = logging.getLogger("maap.serve")
 
@@ -73,9 +73,8 @@ def serving_config(args: argparse.Namespace) -> ServingConfig:
 
 
 def _job_serving_config(path: Path) -> ServingConfig:
+    from maap_api.stage_config import TrainerConfig
     from pydantic import ValidationError
-
-    from maap_trainer.config import TrainerConfig
 
     try:
         return TrainerConfig.model_validate_json(path.read_text(encoding="utf-8")).serving

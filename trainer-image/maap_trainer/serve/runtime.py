@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from maap_trainer.errors import ConfigError
+from maap_api.errors import ConfigError
 
 
 class ModelRuntime:

@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from maap_trainer.errors import ConfigError
+from maap_api.errors import ConfigError
+
 from maap_trainer.ports import free_port
 
 WORKER_ERROR_ENV = "MAAP_WORKER_ERROR_FILE"

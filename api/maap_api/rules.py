@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from maap_trainer.presets import PRESETS
+from maap_api.presets import PRESETS
 
 # The pydantic error type of a broken rule; ctx["field"] is the field it names.
 RULE_ERROR = "rule"
@@ -147,7 +147,7 @@ def _defaults_cel(model_name: str, var: str, names: Iterable[str] | None = None)
 
     Built from the model's own defaults when the CRD is generated, so the rule cannot
     drift from them; lists compare by size and element (cheap under CEL's cost limit)."""
-    import maap_trainer.config as config  # the models import this module
+    import maap_api.stage_config as config  # the models import this module
 
     model = getattr(config, model_name)
     wanted = set(names) if names is not None else None

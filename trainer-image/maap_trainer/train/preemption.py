@@ -17,7 +17,7 @@ import logging
 import signal
 from typing import Any
 
-from maap_trainer.errors import TrainingPreempted
+from maap_api.errors import TrainingPreempted
 
 log = logging.getLogger("maap.preemption")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from maap_trainer.config import DeepSpeedSpec
+from maap_api.stage_config import DeepSpeedSpec
 
 
 def build_deepspeed_config(spec: DeepSpeedSpec, on_gpu: bool) -> dict[str, Any]:

@@ -1,16 +1,19 @@
 """The FineTuneJob API, v1alpha1: the single source of truth for the CRD and the CLI.
 
 The data-plane contract (model, dataset, method, training, deepspeed, export, serving)
-comes from `maap_trainer.config`; this module adds what only the cluster needs
+comes from `maap_api.stage_config`; this module adds what only the cluster needs
 (replicas, serving auth, resources, placement) and the status. Rules across fields are
-in `maap_trainer.rules`: pydantic enforces them here, the CRD carries them as CEL.
+in `maap_api.rules`: pydantic enforces them here, the CRD carries them as CEL.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from maap_trainer.config import (
+from pydantic import BaseModel, ConfigDict, Field
+
+from maap_api.results import ArtifactPaths, ExportSummary, TrainedMetrics
+from maap_api.stage_config import (
     CamelModel,
     DatasetSpec,
     DeepSpeedSpec,
@@ -22,10 +25,11 @@ from maap_trainer.config import (
     TrainerConfig,
     TrainingSpec,
 )
-from maap_trainer.results import ArtifactPaths, ExportSummary, TrainedMetrics
-from pydantic import BaseModel, ConfigDict, Field
 
 GROUP = "maap.dev"
+# The serving pod's environment variable holding the clients' bearer token: the operator
+# sets it from the auth Secret, and the pod config names it (serving.authTokenEnv).
+SERVING_TOKEN_ENV = "MAAP_SERVING_TOKEN"
 VERSION = "v1alpha1"
 KIND = "FineTuneJob"
 PLURAL = "finetunejobs"
@@ -152,7 +156,6 @@ class FineTuneJobSpec(CamelModel):
 
         With serving.auth on, the server reads its token from the environment variable
         that the serving pod (and `maap run`) fill from the Secret."""
-        from maap.builders import SERVING_TOKEN_ENV  # builders import this module
 
         options = self.serving.model_dump(include=set(ServingOptions.model_fields))
         token_env = SERVING_TOKEN_ENV if self.serving.auth.enabled else None

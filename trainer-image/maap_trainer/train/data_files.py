@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from maap_trainer.errors import DatasetError
+from maap_api.errors import DatasetError
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 # CSV cells that hold structure rather than text.

@@ -16,9 +16,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from maap_trainer import distributed
-from maap_trainer.artifacts import save_artifacts
-from maap_trainer.callbacks import (
+from maap_api.errors import ConfigError, TrainingPreempted
+from maap_api.results import (
+    METRICS_FILE,
+    ArtifactPaths,
+    TrainMetrics,
+    result_json,
+    write_result,
+)
+from maap_api.stage_config import TrainerConfig
+
+from maap_trainer.model_prep import prepare_base_model
+from maap_trainer.progress import ProgressReport, write_progress
+from maap_trainer.train import distributed
+from maap_trainer.train.artifacts import save_artifacts
+from maap_trainer.train.callbacks import (
     RANKS_DIR,
     eval_recorder,
     peak_memory_recorder,
@@ -27,30 +39,19 @@ from maap_trainer.callbacks import (
     read_rank_reports,
     write_rank_report,
 )
-from maap_trainer.checkpoints import (
+from maap_trainer.train.checkpoints import (
     CHECKPOINTS_DIR,
     checkpoint_step,
     discard_incomplete,
     marker_callback,
     newest_complete,
 )
-from maap_trainer.config import TrainerConfig
-from maap_trainer.data import load_dataset
-from maap_trainer.deepspeed_config import build_deepspeed_config, zero_stage_of
-from maap_trainer.errors import ConfigError, TrainingPreempted
-from maap_trainer.loss import SupervisedPositionsLoss, supervised_loss_trainer
-from maap_trainer.methods import CAUSAL_LM, build_model, count_parameters
-from maap_trainer.model_prep import prepare_base_model
-from maap_trainer.preemption import PreemptionWatch
-from maap_trainer.progress import ProgressReport, write_progress
-from maap_trainer.results import (
-    METRICS_FILE,
-    ArtifactPaths,
-    TrainMetrics,
-    result_json,
-    write_result,
-)
-from maap_trainer.tasks import TaskData, prepare_task
+from maap_trainer.train.data import load_dataset
+from maap_trainer.train.deepspeed_config import build_deepspeed_config, zero_stage_of
+from maap_trainer.train.loss import SupervisedPositionsLoss, supervised_loss_trainer
+from maap_trainer.train.methods import CAUSAL_LM, build_model, count_parameters
+from maap_trainer.train.preemption import PreemptionWatch
+from maap_trainer.train.tasks import TaskData, prepare_task
 
 log = logging.getLogger("maap.train")
 
@@ -401,7 +402,7 @@ def _save_initial_adapter(model: Any, ckpt_root: Path) -> None:
     """PiSSA moves the principal components out of the base weights into the adapter.
     Keeping the adapter as initialised lets the final one be converted to a plain LoRA
     on the untouched base model (see artifacts.py)."""
-    from maap_trainer.artifacts import PISSA_INIT_DIR
+    from maap_trainer.train.artifacts import PISSA_INIT_DIR
 
     target = ckpt_root / PISSA_INIT_DIR
     if (target / "adapter_config.json").is_file():

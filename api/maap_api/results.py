@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError
 
-from maap_trainer.config import CamelModel
-from maap_trainer.field_errors import format_validation_error
+from maap_api.field_errors import format_validation_error
+from maap_api.stage_config import CamelModel
 
 METRICS_FILE = "metrics.json"
 EXPORT_FILE = "export.json"

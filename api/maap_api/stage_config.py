@@ -3,7 +3,7 @@
 These models are embedded in the FineTuneJob spec (the CRD is generated from them) and
 handed to the trainer, exporter and server as one JSON file. They import pydantic only,
 so the operator can use them without pulling in torch. Rules across fields live in one
-table (maap_trainer.rules), which pydantic and the CRD's CEL rules both enforce.
+table (maap_api.rules), which pydantic and the CRD's CEL rules both enforce.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any, ClassVar, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from maap_trainer.presets import PRESETS
-from maap_trainer.rules import Plane, enforce
+from maap_api.presets import PRESETS
+from maap_api.rules import Plane, enforce
 
 Method = Literal["lora", "qlora", "dora", "full"]
 Task = Literal["causal-lm", "text-classification", "token-classification"]

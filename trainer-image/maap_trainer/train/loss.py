@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from maap_trainer.data import IGNORE_INDEX
+from maap_trainer.train.data import IGNORE_INDEX
 
 
 class SupervisedPositionsLoss:

@@ -11,12 +11,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from maap_trainer import distributed
-from maap_trainer.checkpoints import CHECKPOINTS_DIR
-from maap_trainer.config import TrainerConfig
-from maap_trainer.deepspeed_config import zero_stage_of
-from maap_trainer.methods import TaskHead, load_base
+from maap_api.stage_config import TrainerConfig
+
 from maap_trainer.outdirs import publish
+from maap_trainer.train import distributed
+from maap_trainer.train.checkpoints import CHECKPOINTS_DIR
+from maap_trainer.train.deepspeed_config import zero_stage_of
+from maap_trainer.train.methods import TaskHead, load_base
 
 PISSA_INIT_DIR = "pissa-init"
 

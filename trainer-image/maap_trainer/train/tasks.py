@@ -12,12 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from maap_api.errors import ConfigError
+from maap_api.stage_config import TrainerConfig
+
 from maap_trainer import iob2
-from maap_trainer.config import TrainerConfig
-from maap_trainer.data import IGNORE_INDEX, DatasetSplits, Example, tokenize_example
-from maap_trainer.errors import ConfigError
-from maap_trainer.methods import CAUSAL_LM, TaskHead
-from maap_trainer.packing import PaddingCollator, pack_rows
+from maap_trainer.train.data import IGNORE_INDEX, DatasetSplits, Example, tokenize_example
+from maap_trainer.train.methods import CAUSAL_LM, TaskHead
+from maap_trainer.train.packing import PaddingCollator, pack_rows
 
 Row = dict[str, Any]
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from maap_trainer.rules import RULE_ERROR
+from maap_api.rules import RULE_ERROR
 
 # path: spec.method.lora.init, items[0].name; flag: --max-batch-size; param: input.0
 Style = Literal["path", "flag", "param"]

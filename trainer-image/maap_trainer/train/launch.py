@@ -15,11 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from maap_trainer import distributed
-from maap_trainer.checkpoints import CHECKPOINTS_DIR, checkpoint_step, newest_complete
-from maap_trainer.config import TrainerConfig
-from maap_trainer.data import load_dataset
-from maap_trainer.errors import TrainingPreempted, UserError
+from maap_api.errors import TrainingPreempted, UserError
+from maap_api.stage_config import TrainerConfig
+
+from maap_trainer.train import distributed
+from maap_trainer.train.checkpoints import CHECKPOINTS_DIR, checkpoint_step, newest_complete
+from maap_trainer.train.data import load_dataset
 
 
 class WorkersFailed(RuntimeError):
@@ -27,7 +28,7 @@ class WorkersFailed(RuntimeError):
 
 
 def run_train_stage(cfg: TrainerConfig, config_path: Path) -> dict[str, Any]:
-    from maap_trainer.train import run_training
+    from maap_trainer.train.run import run_training
 
     if distributed.is_worker():
         return run_training(cfg)

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from maap_trainer.data_files import read_rows
-from maap_trainer.errors import DatasetError
+from maap_api.errors import DatasetError
+
+from maap_trainer.train.data_files import read_rows
 
 IGNORE_INDEX = -100
 ROLES = {"system", "user", "assistant"}

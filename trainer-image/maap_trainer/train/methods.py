@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from maap_trainer.config import TrainerConfig
-from maap_trainer.errors import ConfigError
+from maap_api.errors import ConfigError
+from maap_api.stage_config import TrainerConfig
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The train stage: data, methods (LoRA, QLoRA, DoRA, full), DeepSpeed, checkpoints, resume."""
