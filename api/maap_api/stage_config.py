@@ -8,9 +8,10 @@ table (maap_api.rules), which pydantic and the CRD's CEL rules both enforce.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from maap_api.presets import PRESETS
@@ -334,3 +335,16 @@ class TrainerConfig(CamelModel):
     export: ExportSpec = Field(default_factory=ExportSpec)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     output_dir: str = Field(description="Where every stage writes its artifacts.")
+
+
+def load_trainer_config(path: Path) -> TrainerConfig:
+    """A stage's config.json, validated; any problem is one ConfigError line naming it."""
+    from maap_api.errors import ConfigError
+    from maap_api.field_errors import format_validation_error
+
+    try:
+        return TrainerConfig.model_validate_json(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {format_validation_error(exc, TrainerConfig)}") from None

@@ -24,27 +24,15 @@ import traceback
 from pathlib import Path
 
 from maap_api.errors import (
-    ConfigError,
     TrainingPreempted,
     UserError,
     write_termination_message,
 )
-from maap_api.field_errors import format_validation_error
-from maap_api.stage_config import TrainerConfig
-from pydantic import ValidationError
+from maap_api.stage_config import load_trainer_config
 
 from maap_trainer.serve.launch import add_serve_arguments
 
 EXIT_USER_ERROR = 2
-
-
-def _load_config(path: Path) -> TrainerConfig:
-    try:
-        return TrainerConfig.model_validate_json(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from None
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: {format_validation_error(exc, TrainerConfig)}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,7 +64,7 @@ def _run(args: argparse.Namespace) -> None:
         )
         print(json.dumps(report))
         return
-    cfg = _load_config(args.config)
+    cfg = load_trainer_config(args.config)
     if args.stage == "prepare-model":
         from maap_trainer.model_prep import prepare_base_model
 

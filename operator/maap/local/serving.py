@@ -16,9 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maap_api.errors import UserError
-from maap_api.field_errors import format_validation_error
-from maap_api.stage_config import TrainerConfig
-from pydantic import ValidationError
+from maap_api.stage_config import load_trainer_config
 
 from maap.stages import serve_command
 
@@ -44,15 +42,6 @@ def job_config_beside(model_dir: Path) -> Path | None:
 def _above(model_dir: Path) -> Path:
     """MODEL_DIR/.. as written, not resolved: a linked export still belongs to its job."""
     return Path(os.path.abspath(model_dir)).parent
-
-
-def load_job_config(path: Path) -> TrainerConfig:
-    try:
-        return TrainerConfig.model_validate_json(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"--config: cannot read {path}: {exc.strerror}") from None
-    except ValidationError as exc:
-        raise UserError(f"{path}: {format_validation_error(exc, TrainerConfig)}") from None
 
 
 def _token(path: Path, create: bool) -> str | None:
@@ -83,7 +72,7 @@ def local_server(
     create_token: bool = False,
 ) -> LocalServer:
     """The server's argv and environment for this job's config (or none: a bare model)."""
-    cfg = load_job_config(config_path) if config_path is not None else None
+    cfg = load_trainer_config(config_path) if config_path is not None else None
     name = model_name or (cfg.job_name if cfg else _above(model_dir).name)
     env = dict(os.environ)
     hint = None
