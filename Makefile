@@ -48,9 +48,11 @@ test-fast:
 lint:
 	ruff check . && ruff format --check .
 
+# The chart carries the same CRDs: the generated FineTuneJob one, and Kopf's peering CRDs
+# (written by hand in crds/, from Kopf's documented schema).
 crd:
 	maap crd > crds/finetunejobs.maap.dev.yaml
-	cp crds/finetunejobs.maap.dev.yaml charts/maap/crds/
+	cp crds/finetunejobs.maap.dev.yaml crds/kopfpeerings.kopf.dev.yaml charts/maap/crds/
 
 # Everything generated from the API models and RULES; tests fail when any of it drifts.
 generate: crd
