@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "tests" / "cluster"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from apiserver_requests import requests_in_window  # noqa: E402
-from controlplane import ControlPlane  # noqa: E402
+from controlplane import ControlPlane, make_volume  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
 from maap import builders  # noqa: E402
 from maap.manifest import parse_manifest  # noqa: E402
@@ -66,16 +66,6 @@ def finetunejob(name: str, storage_class: str | None = None, run: bool = False) 
     if run:
         body["spec"]["suspend"] = False  # kwok carries it through to Serving
     return body
-
-
-def make_volume(core: client.CoreV1Api, storage_class: str) -> None:
-    core.create_persistent_volume({
-        "metadata": {"name": f"pv-{uuid.uuid4().hex[:8]}"},
-        "spec": {
-            "capacity": {"storage": "5Gi"}, "accessModes": ["ReadWriteOnce"],
-            "storageClassName": storage_class, "hostPath": {"path": "/tmp/maap-bench"},
-        },
-    })  # fmt: skip
 
 
 def steady_state(

@@ -10,6 +10,7 @@ worker threads side by side.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Mapping
@@ -63,7 +64,9 @@ async def stop_servers(memo: kopf.Memo, **_: Any) -> None:
 
 
 async def wake(memo: kopf.Memo, indexes: Mapping[str, Any], key: OwnerKey) -> None:
-    """Reconcile one FineTuneJob from the caches, one pass at a time per job."""
+    """Reconcile one FineTuneJob from the caches, one pass at a time per job.
+
+    `indexes`: a handler's keyword arguments, where Kopf hands every index by its name."""
     lock = _locks.setdefault(key, asyncio.Lock())
     async with lock:
         body = owner_body(indexes, key)
@@ -73,10 +76,10 @@ async def wake(memo: kopf.Memo, indexes: Mapping[str, Any], key: OwnerKey) -> No
         config: OperatorConfig = memo.config
         started = time.monotonic()
         try:
+            # In a copy of this context: kopf's Event posting lives in contextvars.
             await asyncio.get_running_loop().run_in_executor(
-                memo.executor,
-                _run_in_context(reconcile),
-                memo.kube, config.workloads, body, seen, memo.memory,
+                memo.executor, contextvars.copy_context().run,
+                reconcile, memo.kube, config.workloads, body, seen, memo.memory,
             )  # fmt: skip
         except Exception:
             metrics.RECONCILE_ERRORS.inc()
@@ -85,25 +88,11 @@ async def wake(memo: kopf.Memo, indexes: Mapping[str, Any], key: OwnerKey) -> No
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
 
-def _run_in_context(fn: Any) -> Any:
-    """Run `fn` in a copy of this context: kopf's Event posting lives in contextvars."""
-    import contextvars
-
-    context = contextvars.copy_context()
-    return lambda *args: context.run(fn, *args)
-
-
-def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    names = ("finetunejobs", "child_jobs", "child_deployments", "child_services",
-             "child_configmaps", "child_pods")  # fmt: skip
-    return {name: kwargs[name] for name in names}
-
-
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def on_change(namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-    await wake(memo, _indexes(kwargs), (namespace, name))
+    await wake(memo, kwargs, (namespace, name))
 
 
 def _child_handler(group: str, version: str, plural: str) -> None:
@@ -111,7 +100,7 @@ def _child_handler(group: str, version: str, plural: str) -> None:
     async def on_child_event(
         namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **kwargs: Any
     ) -> None:
-        await wake(memo, _indexes(kwargs), (namespace, labels[JOB_LABEL]))
+        await wake(memo, kwargs, (namespace, labels[JOB_LABEL]))
 
 
 for _group, _version, _plural in CHILD_KINDS.values():
@@ -147,11 +136,11 @@ def configure_timers(config: OperatorConfig) -> None:
         sharp=False,
     )  # fmt: skip
     async def on_wait_check(namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-        await wake(memo, _indexes(kwargs), (namespace, name))
+        await wake(memo, kwargs, (namespace, name))
 
     @kopf.timer(
         GROUP, VERSION, PLURAL, id="resync",
         interval=config.resync_seconds, initial_delay=config.resync_seconds, sharp=False,
     )  # fmt: skip
     async def on_resync(namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-        await wake(memo, _indexes(kwargs), (namespace, name))
+        await wake(memo, kwargs, (namespace, name))

@@ -14,6 +14,7 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from maap_api.finetunejob import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("maap.operator")
 
@@ -110,34 +111,10 @@ class Kube:
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch the FineTuneJob's status subresource (only the keys given)."""
-        from maap_api.finetunejob import GROUP, PLURAL, VERSION
-
         client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": status},
             _preload_content=False,
         )  # fmt: skip
-
-    def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._read(self.batch.read_namespaced_job, name, namespace)
-
-    def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._read(self.apps.read_namespaced_deployment, name, namespace)
-
-    def _read(self, call: Any, name: str, namespace: str) -> dict[str, Any] | None:
-        """The object as plain JSON (the client's models are slow to build), or None."""
-        try:
-            response = call(name, namespace, _preload_content=False)
-            return json.loads(response.data)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        response = self.core.list_namespaced_pod(
-            namespace, label_selector=label_selector, _preload_content=False
-        )
-        return list(json.loads(response.data).get("items") or [])
 
     def list_events(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
         """The Events about one object (e.g. a Job's FailedCreate)."""
@@ -149,8 +126,6 @@ class Kube:
         return list(json.loads(response.data).get("items") or [])
 
     def delete_finetunejob(self, namespace: str, name: str) -> None:
-        from maap_api.finetunejob import GROUP, PLURAL, VERSION
-
         try:
             client.CustomObjectsApi(self.api).delete_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, name

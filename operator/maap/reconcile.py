@@ -17,17 +17,16 @@ from typing import Any
 from maap_api.finetunejob import FineTuneJob
 from pydantic import ValidationError
 
-from maap import children, metrics
+from maap import children
 from maap.kube import Kube
 from maap.manifest import format_validation_error
 from maap.objectmeta import Names
 from maap.observe import observe, served_auth_secret, served_endpoint
 from maap.pipeline import ConditionUpdate, Stage, decide
 from maap.podspec import OUTPUT_DIR, OperatorSettings, claim_name
-from maap.status import StatusWriter
+from maap.status import TERMINAL, StatusWriter
 
 log = logging.getLogger("maap.operator")
-TERMINAL = {"Succeeded", "Failed"}
 
 
 @dataclass
@@ -132,4 +131,3 @@ def reconcile(
     }
     writer.write(decision.phase, list(decision.conditions), extra)
     memory.status[uid] = writer.current
-    metrics.record_phase(namespace, name, decision.phase)

@@ -1,8 +1,9 @@
 """Writing a FineTuneJob's status: only what changed, and Events for what a user must see.
 
 The reconcile owns phase, observedGeneration, conditions, endpoint, authSecret, the
-artifact location and the start/completion times; the progress API owns progress and
-metrics. Both merge-patch their own keys, so neither overwrites the other.
+artifact location and the start/completion times; the progress API owns progress,
+metrics, export and the artifact paths. Both merge-patch their own keys (artifacts is
+merged), so neither overwrites the other.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import kopf
 
+from maap import metrics
 from maap.kube import Kube
 from maap.pipeline import ConditionUpdate, merge_conditions, now
 
@@ -85,6 +87,7 @@ class StatusWriter:
                     self.current[key] = {**self.current[key], **value}
                 else:
                     self.current[key] = value
+        metrics.record_phase(self.namespace, self.name, phase)
         self._post_events(old, phase, updates, conditions)
 
     def _post_events(

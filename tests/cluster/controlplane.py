@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -784,6 +785,24 @@ class ControlPlane:
         }
         path.write_text(json.dumps(config, indent=2) + "\n")
         path.chmod(0o600)
+
+
+def make_volume(core: Any, storage_class: str) -> None:
+    """A PersistentVolume one claim of `storage_class` can bind (kwok clusters have no
+    provisioner). `core`: a kubernetes CoreV1Api."""
+    core.create_persistent_volume(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"pv-{uuid.uuid4().hex[:8]}"},
+            "spec": {
+                "capacity": {"storage": "5Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": storage_class,
+                "hostPath": {"path": "/tmp/maap-test"},
+            },
+        }
+    )
 
 
 def _https(

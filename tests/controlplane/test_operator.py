@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from controlplane import make_volume
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from maap_api.finetunejob import GROUP, PLURAL, VERSION
@@ -98,23 +99,6 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 60, op=None
         time.sleep(0.5)
     detail = f"\noperator log:\n{op.log()}" if op else ""
     pytest.fail(f"timed out after {timeout}s waiting for {what}{detail}")
-
-
-def make_volume(core: client.CoreV1Api, storage_class: str) -> None:
-    """A PersistentVolume the per-job claim can bind (the test cluster has no provisioner)."""
-    core.create_persistent_volume(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": f"pv-{uuid.uuid4().hex[:8]}"},
-            "spec": {
-                "capacity": {"storage": "5Gi"},
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": storage_class,
-                "hostPath": {"path": "/tmp/maap-test"},
-            },
-        }
-    )
 
 
 def finetunejob(name: str, storage_class: str, **spec: Any) -> dict[str, Any]:
