@@ -25,6 +25,7 @@ from maap_api.stage_config import (
     TrainerConfig,
     TrainingSpec,
 )
+from maap_api.storage_access import HubAccess, OutputSpec, S3Access
 
 GROUP = "maap.dev"
 # The serving pod's environment variable holding the clients' bearer token: the operator
@@ -137,6 +138,15 @@ class FineTuneJobSpec(CamelModel):
     storage: StorageSpec = Field(
         default_factory=StorageSpec, json_schema_extra=immutable("storage")
     )
+    s3: S3Access = Field(
+        default_factory=S3Access,
+        description="The S3 store that s3:// locations (dataset, model, output) use.",
+    )
+    hub: HubAccess = Field(
+        default_factory=HubAccess,
+        description="The Hugging Face hub that hf:// locations and hub presets use.",
+    )
+    output: OutputSpec = Field(default_factory=OutputSpec)
     suspend: bool = Field(default=False, description="Pause training (the Job is suspended).")
     backoff_limit: int = Field(
         default=2, ge=0, le=20, description="Retries of a failed training pod before Failed."
@@ -168,6 +178,9 @@ class FineTuneJobSpec(CamelModel):
             deepspeed=self.deepspeed,
             export=self.export,
             serving=ServingConfig(**options, auth_token_env=token_env),
+            s3=self.s3,
+            hub=self.hub,
+            output=self.output,
             output_dir=output_dir,
         )
 

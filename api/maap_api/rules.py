@@ -410,3 +410,9 @@ def enforce(model: BaseModel, section: str, plane: Plane) -> None:
         )
     if errors:
         raise ValidationError.from_exception_data(type(model).__name__, errors)
+
+
+# The location rules build on Rule and on maap_api.sources; kept in their own module.
+from maap_api.source_rules import SOURCE_RULES  # noqa: E402
+
+RULES.extend(SOURCE_RULES)

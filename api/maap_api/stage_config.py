@@ -9,13 +9,14 @@ table (maap_api.rules), which pydantic and the CRD's CEL rules both enforce.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError
 
+from maap_api.camel import CamelModel
 from maap_api.presets import PRESETS
-from maap_api.rules import Plane, enforce
+from maap_api.sources import DATASET_FORMS, MAX_LOCATION_LENGTH, MODEL_FORMS
+from maap_api.storage_access import HubAccess, OutputSpec, S3Access
 
 Method = Literal["lora", "qlora", "dora", "full"]
 Task = Literal["causal-lm", "text-classification", "token-classification"]
@@ -30,32 +31,6 @@ QuantAlgorithm = Literal["auto", "default", "k_quant", "k_quant_mixed"]
 PresetName = Literal[tuple(sorted(PRESETS))]  # type: ignore[valid-type]
 
 
-class CamelModel(BaseModel):
-    """Kubernetes-style camelCase fields; unknown fields are an error, never ignored."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        validate_default=True,
-    )
-
-    # Where the model sits in the spec ("" is the root), for the rule table; None: no rules.
-    rules_section: ClassVar[str | None] = None
-    # "both" for the sections both planes share; "api" or "pod" for one plane's models.
-    rules_plane: ClassVar[Plane] = "both"
-
-    @model_validator(mode="after")
-    def _check_rules(self) -> Self:
-        """The only validator across fields: the rule table's, for this model's section."""
-        if self.rules_section is not None:
-            enforce(self, self.rules_section, self.rules_plane)
-        return self
-
-    def to_json_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
 class ModelSource(CamelModel):
     """The base model: a preset from the catalogue, or a checkpoint directory."""
 
@@ -66,8 +41,11 @@ class ModelSource(CamelModel):
     )
     path: str | None = Field(
         default=None,
-        description="Directory with a transformers checkpoint (config.json, weights, tokenizer).",
+        description="The base checkpoint (config.json, weights, tokenizer): "
+        + MODEL_FORMS
+        + ". A remote model is fetched once into the model cache.",
         min_length=1,
+        max_length=MAX_LOCATION_LENGTH,
     )
 
     @property
@@ -75,11 +53,30 @@ class ModelSource(CamelModel):
         return self.preset or self.path or ""
 
 
+SHA256 = r"^[0-9a-f]{64}$"
+
+
 class DatasetSpec(CamelModel):
+    rules_section = "dataset"
+
     path: str = Field(
         min_length=1,
-        description="Data file: .jsonl, .json (an array of rows), .csv or .parquet. Relative "
-        "paths resolve against the manifest's directory for `maap run`.",
+        max_length=MAX_LOCATION_LENGTH,
+        description="Data file (.jsonl, .json array, .csv or .parquet): "
+        + DATASET_FORMS
+        + ". Relative paths resolve against the manifest's directory for `maap run`; remote "
+        "files are fetched and validated before training.",
+    )
+    sha256: str | None = Field(
+        default=None, pattern=SHA256, description="Expected SHA-256 of the file at path (hex)."
+    )
+    split: str = Field(
+        default="train",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="For an hf://datasets/ repository without a file: the split whose files "
+        "(e.g. data/train-*.parquet, train.jsonl) are the training rows.",
     )
     format: DatasetFormat = Field(
         default="auto",
@@ -97,8 +94,12 @@ class DatasetSpec(CamelModel):
     eval_path: str | None = Field(
         default=None,
         min_length=1,
-        description="A separate evaluation file in the same format (relative paths resolve "
-        "against the directory of path).",
+        max_length=MAX_LOCATION_LENGTH,
+        description="A separate evaluation file in the same format and forms as path "
+        "(relative paths resolve against the directory of path).",
+    )
+    eval_sha256: str | None = Field(
+        default=None, pattern=SHA256, description="Expected SHA-256 of the file at evalPath."
     )
 
 
@@ -334,7 +335,19 @@ class TrainerConfig(CamelModel):
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    s3: S3Access = Field(default_factory=S3Access)
+    hub: HubAccess = Field(default_factory=HubAccess)
+    output: OutputSpec = Field(default_factory=OutputSpec)
     output_dir: str = Field(description="Where every stage writes its artifacts.")
+    inputs_dir: str | None = Field(
+        default=None,
+        description="Where the fetch stage leaves remote data files (default: "
+        "<outputDir>/inputs); the training stage reads them there.",
+    )
+
+    @property
+    def fetched_inputs_dir(self) -> Path:
+        return Path(self.inputs_dir) if self.inputs_dir else Path(self.output_dir) / "inputs"
 
 
 def load_trainer_config(path: Path) -> TrainerConfig:
