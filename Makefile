@@ -52,7 +52,9 @@ lint:
 # (written by hand in crds/, from Kopf's documented schema).
 crd:
 	maap crd > crds/finetunejobs.maap.dev.yaml
-	cp crds/finetunejobs.maap.dev.yaml crds/kopfpeerings.kopf.dev.yaml charts/maap/crds/
+	maap crd --kind CachedModel > crds/cachedmodels.maap.dev.yaml
+	cp crds/finetunejobs.maap.dev.yaml crds/cachedmodels.maap.dev.yaml \
+	  crds/kopfpeerings.kopf.dev.yaml charts/maap/crds/
 
 # Everything generated from the API models and RULES; tests fail when any of it drifts.
 generate: crd

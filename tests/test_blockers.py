@@ -129,7 +129,9 @@ def test_stalled_jobs_and_deployments() -> None:
 def test_a_blocked_stage_says_why_in_its_condition_and_warns() -> None:
     spec = job()
     blocker = Blocker("Unschedulable", "pod demo-train-x cannot be scheduled: no nodes")
-    training = decide(spec, Observed(train=JobState(active=1, blocker=blocker)))
+    training = decide(
+        spec, Observed(fetch=JobState(succeeded=True), train=JobState(active=1, blocker=blocker))
+    )
     assert training.phase == "Pending"
     [condition] = [c for c in training.conditions if c.type == "Training"]
     assert (condition.status, condition.reason, condition.message) == (
@@ -140,18 +142,30 @@ def test_a_blocked_stage_says_why_in_its_condition_and_warns() -> None:
     assert condition.warning
 
     done = JobState(succeeded=True)
-    exporting = decide(spec, Observed(train=done, export=JobState(active=1, blocker=blocker)))
+    exporting = decide(
+        spec,
+        Observed(
+            fetch=JobState(succeeded=True), train=done, export=JobState(active=1, blocker=blocker)
+        ),
+    )
     assert exporting.phase == "Exporting"
     assert [c.reason for c in exporting.conditions if c.type == "Exported"] == ["Unschedulable"]
 
     crash = Blocker("CrashLoopBackOff", "pod demo-server-1, container server: CrashLoopBackOff")
     serving = decide(
         spec,
-        Observed(train=done, export=done, serving=DeploymentState(replicas=1, blocker=crash)),
+        Observed(
+            fetch=JobState(succeeded=True),
+            train=done,
+            export=done,
+            serving=DeploymentState(replicas=1, blocker=crash),
+        ),
     )
     [ready] = [c for c in serving.conditions if c.type == "ServingReady"]
     assert (ready.status, ready.reason, ready.warning) == ("False", "CrashLoopBackOff", True)
     # Running again: the ordinary condition, no warning.
-    running = decide(spec, Observed(train=JobState(active=1, ready=1)))
+    running = decide(
+        spec, Observed(fetch=JobState(succeeded=True), train=JobState(active=1, ready=1))
+    )
     assert running.phase == "Training"
     assert not any(c.warning for c in running.conditions)

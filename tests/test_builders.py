@@ -187,37 +187,72 @@ def done_job() -> JobState:
 
 def test_pipeline_decisions() -> None:
     j = job()
-    assert decide(j, Observed()).create == ["train"]
-    assert decide(j, Observed(train=JobState(active=0))).phase == "Pending"
-    assert decide(j, Observed(train=JobState(suspended=True))).phase == "Suspended"
-    assert decide(j, Observed(train=JobState(active=1))).phase == "Training"
-    failed = decide(j, Observed(train=JobState(failed=True, message="error: bad row")))
+    assert decide(j, Observed()).create == ["fetch"]
+    assert decide(j, Observed(fetch=JobState(active=1))).phase == "Fetching"
+    bad_row = decide(j, Observed(fetch=JobState(failed=True, message="data.jsonl:3: bad row")))
+    assert (bad_row.phase, bad_row.create) == ("Failed", [])
+    assert (
+        ConditionUpdate("Failed", "True", "FetchFailed", "data.jsonl:3: bad row")
+        in bad_row.conditions
+    )
+    assert decide(j, Observed(fetch=done_job())).create == ["train"]
+    assert decide(j, Observed(fetch=done_job(), train=JobState(active=0))).phase == "Pending"
+    assert (
+        decide(j, Observed(fetch=done_job(), train=JobState(suspended=True))).phase == "Suspended"
+    )
+    assert decide(j, Observed(fetch=done_job(), train=JobState(active=1))).phase == "Training"
+    failed = decide(
+        j, Observed(fetch=done_job(), train=JobState(failed=True, message="error: bad row"))
+    )
     assert failed.phase == "Failed"
     assert (
         ConditionUpdate("Failed", "True", "TrainingFailed", "error: bad row") in failed.conditions
     )
-    step = decide(j, Observed(train=done_job()))
+    step = decide(j, Observed(fetch=done_job(), train=done_job()))
     assert (step.phase, step.create) == ("Exporting", ["export"])
-    step = decide(j, Observed(train=done_job(), export=done_job()))
+    step = decide(j, Observed(fetch=done_job(), train=done_job(), export=done_job()))
     assert (step.phase, step.create) == ("Serving", ["serving"])
     ready = decide(
-        j, Observed(done_job(), done_job(), DeploymentState(replicas=1, ready=1, updated=1))
+        j,
+        Observed(
+            fetch=done_job(),
+            train=done_job(),
+            export=done_job(),
+            serving=DeploymentState(replicas=1, ready=1, updated=1),
+        ),
     )
     assert (
         ConditionUpdate("ServingReady", "True", "Ready", "1/1 replicas ready") in ready.conditions
     )
     # A pod of the older spec still serves: ready, but the rollout is not over.
     rolling = decide(
-        j, Observed(done_job(), done_job(), DeploymentState(replicas=2, ready=2, updated=1))
+        j,
+        Observed(
+            fetch=done_job(),
+            train=done_job(),
+            export=done_job(),
+            serving=DeploymentState(replicas=2, ready=2, updated=1),
+        ),
     )
     assert [c.reason for c in rolling.conditions if c.type == "ServingReady"] == ["RollingOut"]
     assert (
-        decide(job(serving={"enabled": False}), Observed(done_job(), done_job())).phase
+        decide(
+            job(serving={"enabled": False}),
+            Observed(fetch=done_job(), train=done_job(), export=done_job()),
+        ).phase
         == "Succeeded"
     )
-    assert decide(job(export={"enabled": False}), Observed(done_job())).phase == "Succeeded"
+    assert (
+        decide(job(export={"enabled": False}), Observed(fetch=done_job(), train=done_job())).phase
+        == "Succeeded"
+    )
     export_failed = decide(
-        j, Observed(done_job(), JobState(failed=True, reason="BackoffLimitExceeded"))
+        j,
+        Observed(
+            fetch=done_job(),
+            train=done_job(),
+            export=JobState(failed=True, reason="BackoffLimitExceeded"),
+        ),
     )
     assert export_failed.phase == "Failed"
     assert (

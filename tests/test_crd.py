@@ -108,3 +108,17 @@ def test_enum_strings_are_bounded() -> None:
     spec = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     task = spec["properties"]["training"]["properties"]["task"]
     assert task["maxLength"] == len("token-classification")
+
+
+def test_cached_model_crd_matches_its_models_and_carries_the_model_rules() -> None:
+    from maap.cachedmodel_crd import build_cached_model_crd, render_cached_model_crd
+
+    committed = CRD_FILE.with_name("cachedmodels.maap.dev.yaml")
+    assert committed.read_text() == render_cached_model_crd(), "crds/ drifted: run `make crd`"
+    version = build_cached_model_crd()["spec"]["versions"][0]
+    model = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["model"]
+    rules = [v["rule"] for v in model["x-kubernetes-validations"]]
+    assert "has(self.preset) != has(self.path)" in rules
+    assert any("matches" in rule for rule in rules)  # the location grammar
+    columns = {c["name"] for c in version["additionalPrinterColumns"]}
+    assert {"Phase", "Size", "Location"} <= columns

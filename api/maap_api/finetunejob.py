@@ -38,7 +38,17 @@ SINGULAR = "finetunejob"
 SHORT_NAMES = ["ftj"]
 API_VERSION = f"{GROUP}/{VERSION}"
 
-Phase = Literal["Pending", "Suspended", "Training", "Exporting", "Serving", "Succeeded", "Failed"]
+Phase = Literal[
+    "Pending",
+    "Fetching",
+    "Suspended",
+    "Training",
+    "Exporting",
+    "Publishing",
+    "Serving",
+    "Succeeded",
+    "Failed",
+]
 Quantity = int | str
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"

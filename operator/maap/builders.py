@@ -12,6 +12,7 @@ from typing import Any
 
 from maap_api.finetunejob import SERVING_TOKEN_ENV, FineTuneJob
 from maap_api.results import ONNX_DIR
+from maap_api.sources import is_uri
 from maap_api.stage_config import TrainerConfig
 
 from maap.objectmeta import (
@@ -27,6 +28,7 @@ from maap.podspec import (
     CONTAINER_SECURITY_CONTEXT,
     EXIT_PREEMPTED,
     EXIT_USER_ERROR,
+    INPUTS_DIR,
     OUTPUT_DIR,
     POD_SECURITY_CONTEXT,
     SERVING_GRACE_SECONDS,
@@ -110,8 +112,9 @@ def progress_env(job: FineTuneJob, settings: OperatorSettings) -> list[dict[str,
 def trainer_config(job: FineTuneJob) -> TrainerConfig:
     """The data-plane config in the cluster: paths inside the pod's workspace volume."""
     cfg = job.spec.trainer_config(job.metadata.name, OUTPUT_DIR)
+    cfg.inputs_dir = INPUTS_DIR
     dataset = cfg.dataset.path
-    if not dataset.startswith("/"):
+    if not dataset.startswith("/") and not is_uri(dataset):
         cfg.dataset = cfg.dataset.model_copy(update={"path": f"{WORKSPACE}/{dataset}"})
     return cfg
 

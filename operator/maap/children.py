@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from maap_api.finetunejob import FineTuneJob
 
-from maap import builders
+from maap import builders, cache_builders, transfer_builders
 from maap.objectmeta import Names
 from maap.pipeline import Stage
 from maap.podspec import OperatorSettings
@@ -54,6 +54,22 @@ def _stage_bodies(
     stage: Stage, job: FineTuneJob, uid: str, settings: OperatorSettings, token: TokenFactory
 ) -> list[tuple[Verb, dict[str, Any] | None]]:
     """The children of one stage, in the order they must exist (mounts before pods)."""
+    if stage == "fetch":
+        return [
+            ("apply", builders.build_config_map(job, uid)),
+            ("create", builders.build_pvc(job, uid)),
+            ("create", transfer_builders.build_fetch_job(job, uid, settings)),
+        ]
+    if stage == "cache":
+        if settings.model_cache is None:
+            return []
+        namespace = job.metadata.namespace or "default"
+        return [
+            ("create", cache_builders.build_cache_claim(settings.model_cache, namespace)),
+            ("create", cache_builders.build_cached_model(job)),
+        ]
+    if stage == "publish":
+        return [("create", transfer_builders.build_publish_job(job, uid, settings))]
     if stage == "train":
         progress_secret = (
             builders.build_progress_secret(job, uid, token(24)) if settings.progress_url else None
@@ -95,7 +111,7 @@ def plan(
                 continue
             kind, name = body["kind"], body["metadata"]["name"]
             if verb == "create":
-                watched = seen.jobs if kind == "Job" else {}
+                watched = {"Job": seen.jobs, "CachedModel": seen.cachedmodels}.get(kind, {})
                 if name not in created and name not in watched:
                     writes.append(Write("create", kind, name, body))
             elif not covers(seen.of_kind(kind).get(name), body):

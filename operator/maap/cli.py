@@ -13,7 +13,7 @@ from rich.console import Console
 
 from maap.crd import render_crd
 from maap.manifest import ManifestError, load_manifest
-from maap.podspec import OperatorSettings
+from maap.podspec import ModelCacheSettings, OperatorSettings
 from maap.settings import OperatorConfig
 
 app = typer.Typer(
@@ -101,9 +101,20 @@ def validate(manifest: Annotated[Path, typer.Argument(help="FineTuneJob YAML.")]
 
 
 @app.command()
-def crd() -> None:
-    """Print the FineTuneJob CustomResourceDefinition (generated from the API models)."""
-    sys.stdout.write(render_crd())
+def crd(
+    kind: Annotated[
+        str, typer.Option(help="FineTuneJob, or CachedModel (the shared model cache).")
+    ] = "FineTuneJob",
+) -> None:
+    """Print a CustomResourceDefinition of maap (generated from the API models)."""
+    if kind == "CachedModel":
+        from maap.cachedmodel_crd import render_cached_model_crd
+
+        sys.stdout.write(render_cached_model_crd())
+    elif kind == "FineTuneJob":
+        sys.stdout.write(render_crd())
+    else:
+        raise fail(f"--kind: {kind!r} is not a maap kind; use FineTuneJob or CachedModel")
 
 
 @app.command()
@@ -208,6 +219,28 @@ def operator(
         float,
         typer.Option(envvar="MAAP_RESYNC_SECONDS", help="Full resync from the caches."),
     ] = OperatorConfig.resync_seconds,
+    model_cache_claim: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MAAP_MODEL_CACHE_CLAIM",
+            help="The shared model cache: the claim every namespace's jobs mount (created in "
+            "each namespace when missing; unset: each job keeps its base model on its volume).",
+        ),
+    ] = None,
+    model_cache_size: Annotated[
+        str, typer.Option(envvar="MAAP_MODEL_CACHE_SIZE", help="Size of a created cache claim.")
+    ] = ModelCacheSettings.size,
+    model_cache_storage_class: Annotated[
+        str | None,
+        typer.Option(envvar="MAAP_MODEL_CACHE_STORAGE_CLASS", help="Its storageClassName."),
+    ] = None,
+    model_cache_access_mode: Annotated[
+        str,
+        typer.Option(
+            envvar="MAAP_MODEL_CACHE_ACCESS_MODE",
+            help="Its access mode: ReadWriteMany lets jobs on every node share it.",
+        ),
+    ] = ModelCacheSettings.access_mode,
     peering: Annotated[
         str | None,
         typer.Option(
@@ -231,6 +264,7 @@ def operator(
     import kopf
 
     import maap.handlers
+    import maap.model_cache
     import maap.peering
 
     config = OperatorConfig(
@@ -239,6 +273,14 @@ def operator(
             image_pull_policy=image_pull_policy,
             service_account=workload_service_account or None,
             progress_url=progress_url or None,
+            model_cache=ModelCacheSettings(
+                claim_name=model_cache_claim,
+                size=model_cache_size,
+                storage_class_name=model_cache_storage_class or None,
+                access_mode=model_cache_access_mode,
+            )
+            if model_cache_claim
+            else None,
         ),
         namespaces=tuple(namespace or ()),
         liveness_port=liveness_port,

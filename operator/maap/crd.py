@@ -155,17 +155,31 @@ def _default_sub_objects(node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-def attach_rules(spec: dict[str, Any]) -> dict[str, Any]:
-    """Add each API rule of the table to its section's `x-kubernetes-validations`."""
+def section_schema(model: type, defaults: bool = True) -> dict[str, Any]:
+    """A model's structural schema, with the rule table's CEL for its sections (and nested
+    defaults, for a spec)."""
+    schema = _section(model)
+    return attach_rules(_default_sub_objects(schema), strict=False) if defaults else schema
+
+
+def attach_rules(spec: dict[str, Any], strict: bool = True) -> dict[str, Any]:
+    """Add each API rule of the table to its section's `x-kubernetes-validations`.
+
+    `strict`: the spec is the FineTuneJob's, holding every section; otherwise another
+    kind's spec (CachedModel) gets the rules of the sections it holds."""
     for rule in RULES:
-        if not rule.in_crd:
+        if not rule.in_crd or (not strict and not rule.section):
             continue
-        node = spec
+        node: dict[str, Any] | None = spec
         for part in filter(None, rule.section.split(".")):
             if part not in node.get("properties", {}):
-                raise SchemaError(f"rule {rule.name}: spec has no section {rule.section}")
+                if strict:
+                    raise SchemaError(f"rule {rule.name}: spec has no section {rule.section}")
+                node = None
+                break
             node = node["properties"][part]
-        node.setdefault(_VALIDATIONS, []).append(rule.validation(node))
+        if node is not None:
+            node.setdefault(_VALIDATIONS, []).append(rule.validation(node))
     return spec
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from maap_api.cachedmodel import KIND as CACHED_MODEL_KIND
+from maap_api.cachedmodel import PLURAL as CACHED_MODEL_PLURAL
 from maap_api.finetunejob import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("maap.operator")
@@ -46,7 +48,30 @@ class Kube:
             "Service": self.core.create_namespaced_service,
             "Job": self.batch.create_namespaced_job,
             "Deployment": self.apps.create_namespaced_deployment,
+            CACHED_MODEL_KIND: self._create_cached_model,
         }[kind]
+
+    def _create_cached_model(self, namespace: str, body: dict[str, Any], **kwargs: Any) -> Any:
+        return client.CustomObjectsApi(self.api).create_namespaced_custom_object(
+            GROUP, VERSION, namespace, CACHED_MODEL_PLURAL, body, **kwargs
+        )
+
+    def patch_cached_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, CACHED_MODEL_PLURAL, name, {"status": status},
+            _preload_content=False,
+        )  # fmt: skip
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job and its pods (a failed download, so that it runs again)."""
+        try:
+            self.batch.delete_namespaced_job(
+                name, namespace, propagation_policy="Background", _preload_content=False
+            )
+            log.info("deleted Job %s/%s", namespace, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def ensure(self, namespace: str, body: dict[str, Any] | None) -> bool:
         """Create the object unless it exists. True if this call created it."""

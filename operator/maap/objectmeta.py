@@ -27,6 +27,14 @@ class Names:
         return f"{self.job}-artifacts"
 
     @property
+    def fetch(self) -> str:
+        return f"{self.job}-fetch"
+
+    @property
+    def publish(self) -> str:
+        return f"{self.job}-publish"
+
+    @property
     def train(self) -> str:
         return f"{self.job}-train"
 

@@ -7,13 +7,14 @@ pod at all (a FailedCreate, e.g. a quota or Pod Security refusal, shows nowhere 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from maap import blockers
 from maap.builders import SERVING_TOKEN_ENV
 from maap.objectmeta import Names
-from maap.pipeline import DeploymentState, JobState, Observed
+from maap.pipeline import CacheState, DeploymentState, JobState, Observed
 from maap.watches import Children
 
 # (kind, name) -> that object's Events.
@@ -34,6 +35,21 @@ def failure_message(pods: Iterable[dict[str, Any]]) -> str:
     return messages[-1][1].strip().splitlines()[-1][:1000]
 
 
+def success_report(pods: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The JSON a stage left as its termination message when it succeeded (what it did)."""
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (status.get("state") or {}).get("terminated") or {}
+            if terminated.get("exitCode") == 0 and terminated.get("message"):
+                try:
+                    report = json.loads(terminated["message"])
+                except ValueError:
+                    continue
+                if isinstance(report, dict):
+                    return report
+    return None
+
+
 def _job_state(seen: Children, name: str, events: EventLister) -> JobState | None:
     raw = seen.jobs.get(name)
     if raw is None:
@@ -50,7 +66,17 @@ def _job_state(seen: Children, name: str, events: EventLister) -> JobState | Non
     return state
 
 
-def observe(seen: Children, names: Names, events: EventLister) -> Observed:
+def _cache_state(seen: Children, name: str | None) -> CacheState | None:
+    if name is None or name not in seen.cachedmodels:
+        return None
+    status = seen.cachedmodels[name].get("status") or {}
+    return CacheState(name, status.get("phase"), status.get("message") or "")
+
+
+def observe(
+    seen: Children, names: Names, events: EventLister, cached_model: str | None = None
+) -> Observed:
+    """`cached_model`: the CachedModel the job's base model comes from (None: no cache)."""
     deployment = seen.deployments.get(names.server)
     serving = DeploymentState.from_deployment(deployment) if deployment else None
     if deployment is not None and serving is not None and serving.stalled:
@@ -60,8 +86,12 @@ def observe(seen: Children, names: Names, events: EventLister) -> Observed:
         )
         serving = dataclasses.replace(serving, blocker=blocker)
     return Observed(
+        fetch=_job_state(seen, names.fetch, events),
+        cache=_cache_state(seen, cached_model),
+        uses_cache=cached_model is not None,
         train=_job_state(seen, names.train, events),
         export=_job_state(seen, names.export, events),
+        publish=_job_state(seen, names.publish, events),
         serving=serving,
     )
 

@@ -1,13 +1,15 @@
 """The stage pipeline as a pure function: what the children look like -> what to do next.
 
-Pending -> Training -> Exporting -> Serving (or Succeeded when serving is off), Failed
-with a reason. The handler observes the child objects, calls `decide`, creates what it
-says, and writes the status it returns. Level-based: calling it again with the same
-observation gives the same answer, so restarts and repeated timers are harmless.
+Pending -> Fetching -> Training -> Exporting -> Publishing (with spec.output) -> Serving
+(or Succeeded when serving is off), Failed with a reason. The handler observes the child
+objects, calls `decide`, creates what it says, and writes the status it returns.
+Level-based: calling it again with the same observation gives the same answer, so
+restarts and repeated timers are harmless.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -16,7 +18,7 @@ from maap_api.finetunejob import FineTuneJob
 
 from maap.blockers import Blocker
 
-Stage = Literal["train", "export", "serving"]
+Stage = Literal["fetch", "cache", "train", "export", "publish", "serving"]
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,31 @@ class DeploymentState:
 
 
 @dataclass(frozen=True)
+class CacheState:
+    """The job's CachedModel, as its status says (shared with other jobs on that base)."""
+
+    name: str
+    phase: str | None = None
+    message: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.phase == "Ready"
+
+    @property
+    def failed(self) -> bool:
+        return self.phase == "Failed"
+
+
+@dataclass(frozen=True)
 class Observed:
+    fetch: JobState | None = None
+    # None: the job's base model is not in a shared cache (or its CachedModel is not seen).
+    cache: CacheState | None = None
+    uses_cache: bool = False
     train: JobState | None = None
     export: JobState | None = None
+    publish: JobState | None = None
     serving: DeploymentState | None = None
 
 
@@ -129,6 +153,10 @@ def decide(job: FineTuneJob, seen: Observed) -> Decision:
     def out(phase: str, *updates: ConditionUpdate, create: list[Stage] | None = None) -> Decision:
         return Decision(phase, create or [], conditions + list(updates))
 
+    fetched = _fetching(seen, out)
+    if isinstance(fetched, Decision):
+        return fetched
+    conditions.append(fetched)
     if seen.train is None:
         return out(
             "Pending",
@@ -164,7 +192,7 @@ def decide(job: FineTuneJob, seen: Observed) -> Decision:
         ConditionUpdate("Trained", "True", "Completed", "the fine-tuned model is saved"),
     ]
     if not spec.export.enabled:
-        return out("Succeeded", *trained)
+        return _published(job, seen, out, trained) or out("Succeeded", *trained)
     if seen.export is None:
         return out(
             "Exporting",
@@ -195,6 +223,10 @@ def decide(job: FineTuneJob, seen: Observed) -> Decision:
         *trained,
         ConditionUpdate("Exported", "True", "Completed", f"ONNX {spec.export.precision} exported"),
     ]
+    if (waiting := _published(job, seen, out, exported)) is not None:
+        return waiting
+    if spec.output.enabled:
+        exported.append(ConditionUpdate("Published", "True", "Completed", _published_to(job)))
     if not spec.serving.enabled:
         return out("Succeeded", *exported)
     if seen.serving is None:
@@ -226,6 +258,102 @@ def decide(job: FineTuneJob, seen: Observed) -> Decision:
             "ServingReady", "False", "Starting", f"0/{serving.replicas} replicas ready"
         )
     return out("Serving", *exported, ready)
+
+
+Out = Callable[..., Decision]
+
+
+def _fetching(seen: Observed, out: Out) -> Decision | ConditionUpdate:
+    """The fetch Job and, with a shared cache, the CachedModel: a Decision while either is
+    not done (or failed), else the Fetched condition to carry on with."""
+    cache = seen.cache
+    if seen.fetch is None:
+        return out(
+            "Pending",
+            ConditionUpdate("Fetched", "False", "Creating", "creating the fetch Job"),
+            create=["fetch", "cache"] if seen.uses_cache else ["fetch"],
+        )
+    fetch = seen.fetch
+    if fetch.failed:
+        message = fetch.message or fetch.reason or "the fetch Job failed"
+        return out(
+            "Failed",
+            ConditionUpdate("Fetched", "False", "Failed", message),
+            ConditionUpdate("Failed", "True", "FetchFailed", message),
+        )
+    if cache is not None and cache.failed:
+        message = f"base model (CachedModel {cache.name}): {cache.message or 'download failed'}"
+        return out(
+            "Failed",
+            ConditionUpdate("Fetched", "False", "ModelFetchFailed", message),
+            ConditionUpdate("Failed", "True", "ModelFetchFailed", message),
+        )
+    if not fetch.succeeded:
+        if fetch.blocker is not None:
+            return out("Pending", blocked("Fetched", fetch.blocker))
+        if fetch.active == 0:
+            return out(
+                "Pending",
+                ConditionUpdate("Fetched", "False", "Waiting", "waiting for the fetch pod"),
+            )
+        return out(
+            "Fetching",
+            ConditionUpdate("Fetched", "False", "Running", "fetching and validating the data"),
+        )
+    if seen.uses_cache and (cache is None or not cache.ready):
+        phase = cache.phase if cache is not None and cache.phase else "Pending"
+        name = cache.name if cache is not None else "the base model"
+        return out(
+            "Fetching",
+            ConditionUpdate(
+                "Fetched", "False", "WaitingForModel", f"CachedModel {name} is {phase}"
+            ),
+            create=["cache"],
+        )
+    return ConditionUpdate("Fetched", "True", "Completed", "data fetched and validated")
+
+
+def _published_to(job: FineTuneJob) -> str:
+    return f"models copied to {job.spec.output.path}"
+
+
+def _published(
+    job: FineTuneJob, seen: Observed, out: Out, done: list[ConditionUpdate]
+) -> Decision | None:
+    """With spec.output: a Decision until the publish Job has succeeded, else None."""
+    if not job.spec.output.enabled:
+        return None
+    publish = seen.publish
+    if publish is None:
+        return out(
+            "Publishing",
+            *done,
+            ConditionUpdate("Published", "False", "Creating", "creating the publish Job"),
+            create=["publish"],
+        )
+    if publish.failed:
+        message = publish.message or publish.reason or "the publish Job failed"
+        return out(
+            "Failed",
+            *done,
+            ConditionUpdate("Published", "False", "Failed", message),
+            ConditionUpdate("Failed", "True", "PublishFailed", message),
+        )
+    if not publish.succeeded:
+        if publish.blocker is not None:
+            return out("Publishing", *done, blocked("Published", publish.blocker))
+        return out(
+            "Publishing",
+            *done,
+            ConditionUpdate("Published", "False", "Running", f"copying to {job.spec.output.path}"),
+        )
+    if not job.spec.serving.enabled or not job.spec.export.enabled:
+        return out(
+            "Succeeded",
+            *done,
+            ConditionUpdate("Published", "True", "Completed", _published_to(job)),
+        )
+    return None
 
 
 def now() -> str:

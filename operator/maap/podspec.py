@@ -20,6 +20,10 @@ CONFIG_MOUNT = "/etc/maap"
 # The job's config.json (the ConfigMap), as every stage's pod reads it.
 CONFIG_PATH = f"{CONFIG_MOUNT}/config.json"
 WORKSPACE = "/workspace"
+# Where the shared model cache's claim is mounted (when the operator has one).
+CACHE_MOUNT = "/var/cache/maap"
+# Where the fetch stage leaves remote data files on the job's volume.
+INPUTS_DIR = f"{WORKSPACE}/inputs"
 OUTPUT_DIR = f"{WORKSPACE}/output"
 GPU_RESOURCE = "nvidia.com/gpu"
 TMP_DIR = "/tmp"
@@ -49,6 +53,16 @@ CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
+class ModelCacheSettings:
+    """The shared model cache: one claim per namespace, mounted by every job there."""
+
+    claim_name: str = "maap-model-cache"
+    size: str = "100Gi"
+    storage_class_name: str | None = None
+    access_mode: str = "ReadWriteMany"
+
+
+@dataclass(frozen=True)
 class OperatorSettings:
     """What the operator's deployment decides, not the user: images, pull policy."""
 
@@ -57,13 +71,17 @@ class OperatorSettings:
     service_account: str | None = None
     # Base URL of the operator's progress endpoint as pods reach it (its Service).
     progress_url: str | None = None
+    # None: each job keeps its base model on its own volume (no shared cache).
+    model_cache: ModelCacheSettings | None = None
 
 
 def claim_name(job: FineTuneJob) -> str:
     return job.spec.storage.existing_claim or Names(job.metadata.name).artifacts
 
 
-def pod_volumes(job: FineTuneJob, read_only: bool = False) -> tuple[list, list]:
+def pod_volumes(
+    job: FineTuneJob, read_only: bool = False, cache: ModelCacheSettings | None = None
+) -> tuple[list, list]:
     """The config, the artifacts claim, and the only writable places besides it: the root
     filesystem is read-only, so /tmp (and HOME there) is an emptyDir, and /dev/shm one in
     memory (the runtime's default is 64 MiB; torch's data loaders and DeepSpeed's
@@ -84,12 +102,23 @@ def pod_volumes(job: FineTuneJob, read_only: bool = False) -> tuple[list, list]:
         {"name": "tmp", "mountPath": TMP_DIR},
         {"name": "shm", "mountPath": "/dev/shm"},
     ]
+    if cache is not None:
+        # Stages only read the cache: the CachedModel's download Job is its one writer.
+        volumes.append(cache_volume(cache))
+        mounts.append({"name": "model-cache", "mountPath": CACHE_MOUNT, "readOnly": True})
     return volumes, mounts
 
 
-def common_env() -> list[dict[str, Any]]:
+def cache_volume(cache: ModelCacheSettings) -> dict[str, Any]:
+    return {"name": "model-cache", "persistentVolumeClaim": {"claimName": cache.claim_name}}
+
+
+def common_env(cache: ModelCacheSettings | None = None) -> list[dict[str, Any]]:
+    # The shared cache is read-only in stage pods: ops JIT-built there go to the workspace.
+    extensions = f"{WORKSPACE}/.cache/torch_extensions"
     return [
-        {"name": "MAAP_CACHE_DIR", "value": f"{WORKSPACE}/.cache/maap"},
+        *([{"name": "TORCH_EXTENSIONS_DIR", "value": extensions}] if cache else []),
+        {"name": "MAAP_CACHE_DIR", "value": CACHE_MOUNT if cache else f"{WORKSPACE}/.cache/maap"},
         {"name": "HF_HOME", "value": f"{WORKSPACE}/.cache/huggingface"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         # Read-only root filesystem: no bytecode caches; HOME (~/.cache of libraries) on /tmp.
@@ -130,15 +159,20 @@ def placement(job: FineTuneJob) -> dict[str, Any]:
 
 
 def stage_container(
-    job: FineTuneJob, settings: OperatorSettings, stage: str, env: list, with_gpus: bool
+    job: FineTuneJob,
+    settings: OperatorSettings,
+    stage: str,
+    env: list,
+    with_gpus: bool,
+    command: list[str] | None = None,
 ) -> dict[str, Any]:
-    _, mounts = pod_volumes(job)
+    _, mounts = pod_volumes(job, cache=settings.model_cache)
     return {
         "name": stage,
         "image": settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": JOB_STAGES[stage](CONFIG_PATH),
-        "env": common_env() + env,
+        "command": command or JOB_STAGES[stage](CONFIG_PATH),
+        "env": common_env(settings.model_cache) + env,
         "resources": resources(job, with_gpus),
         "volumeMounts": mounts,
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
@@ -148,7 +182,7 @@ def stage_container(
 
 
 def stage_pod_spec(job: FineTuneJob, settings: OperatorSettings, container: dict) -> dict[str, Any]:
-    volumes, _ = pod_volumes(job)
+    volumes, _ = pod_volumes(job, cache=settings.model_cache)
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],

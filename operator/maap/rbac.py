@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from maap_api.cachedmodel import PLURAL as CACHED_MODELS
 from maap_api.finetunejob import GROUP, PLURAL
 
 # (apiGroups, resources, verbs) and why.
@@ -16,6 +17,10 @@ RULES: list[tuple[list[str], list[str], list[str]]] = [
     # Watch FineTuneJobs; kopf patches its annotations; ttlSecondsAfterFinished deletes.
     ([GROUP], [PLURAL], ["get", "list", "watch", "patch", "delete"]),
     ([GROUP], [f"{PLURAL}/status"], ["get", "patch"]),
+    # The shared model cache: one CachedModel per base model, created by the first job on it;
+    # kopf patches its annotations; its controller writes the status.
+    ([GROUP], [CACHED_MODELS], ["get", "list", "watch", "create", "patch"]),
+    ([GROUP], [f"{CACHED_MODELS}/status"], ["get", "patch"]),
     # Children: server-side apply (patch; create for the first apply) brings each to what
     # its builder says; list/watch feed the in-memory caches that replace polling.
     ([""], ["configmaps"], ["get", "list", "watch", "create", "patch"]),
@@ -23,7 +28,8 @@ RULES: list[tuple[list[str], list[str], list[str]]] = [
     # delete: the server goes when serving is switched off.
     ([""], ["services"], ["get", "list", "watch", "create", "patch", "delete"]),
     ([""], ["secrets"], ["get", "create"]),  # the progress and serving tokens: create once
-    (["batch"], ["jobs"], ["get", "list", "watch", "create", "patch"]),
+    # delete: a failed model download is retried when a new job asks for that model.
+    (["batch"], ["jobs"], ["get", "list", "watch", "create", "patch", "delete"]),
     (["apps"], ["deployments"], ["get", "list", "watch", "create", "patch", "delete"]),
     # Why a stage's pods do not run (blockers.py), a failed pod's termination message.
     ([""], ["pods"], ["list", "watch"]),

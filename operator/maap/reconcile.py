@@ -7,6 +7,7 @@ Runs on a worker thread; the handlers serialise passes per job.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import threading
@@ -18,13 +19,15 @@ from maap_api.finetunejob import FineTuneJob
 from pydantic import ValidationError
 
 from maap import children
+from maap.cache_builders import cached_model_name, download_job_name
 from maap.kube import Kube
 from maap.manifest import format_validation_error
 from maap.objectmeta import Names
-from maap.observe import observe, served_auth_secret, served_endpoint
-from maap.pipeline import ConditionUpdate, Stage, decide
+from maap.observe import observe, served_auth_secret, served_endpoint, success_report
+from maap.pipeline import CacheState, ConditionUpdate, Stage, decide
 from maap.podspec import OUTPUT_DIR, OperatorSettings, claim_name
 from maap.status import TERMINAL, StatusWriter
+from maap.transfer_builders import uses_model_cache
 
 log = logging.getLogger("maap.operator")
 
@@ -67,14 +70,41 @@ def _stages(job: FineTuneJob, create: list[Stage], seen: children.Children) -> l
     """Stages whose children should exist: the new ones, and those already there."""
     names = Names(job.metadata.name)
     present: list[Stage] = []
-    if "train" in create or names.train in seen.jobs:
-        present.append("train")
-    if "export" in create or names.export in seen.jobs:
-        present.append("export")
+    for stage, child in (("fetch", names.fetch), ("cache", None), ("train", names.train),
+                         ("export", names.export), ("publish", names.publish)):  # fmt: skip
+        if stage in create or (child is not None and child in seen.jobs):
+            present.append(stage)
     serving_there = names.server in seen.deployments or names.server in seen.services
     if job.spec.serving.enabled and ("serving" in create or serving_there):
         present.append("serving")
     return present
+
+
+def retry_failed_download(
+    k: Kube, job: FineTuneJob, body: dict[str, Any], seen: children.Children, cached_model: str
+) -> bool:
+    """A job created after its base model's download failed asks for a new try: the failed
+    download Job goes, and the CachedModel's controller starts another (a fixed Secret, a
+    fixed endpoint). Jobs that saw the failure keep their Failed phase."""
+    model = seen.cachedmodels.get(cached_model) or {}
+    status = model.get("status") or {}
+    failed_at = status.get("lastTransitionTime") or ""
+    created_at = body["metadata"].get("creationTimestamp") or ""
+    if status.get("phase") != "Failed" or created_at <= failed_at:
+        return False
+    k.delete_job(job.metadata.namespace or "default", download_job_name(cached_model))
+    return True
+
+
+def published_outputs(seen: children.Children, names: Names) -> dict[str, Any] | None:
+    """The URIs the publish stage reported having written (its termination message)."""
+    if names.publish not in seen.jobs:
+        return None
+    report = success_report(seen.pods_matching({"job-name": names.publish}))
+    if report is None:
+        return None
+    keys = ("mergedModel", "onnxModel", "adapter", "onnxAdapter", "files", "bytes")
+    return {key: report[key] for key in keys if report.get(key) is not None} or None
 
 
 def reconcile(
@@ -104,7 +134,13 @@ def reconcile(
         return
 
     names = Names(name)
-    decision = decide(job, observe(seen, names, lambda kind, n: k.list_events(namespace, kind, n)))
+    cached_model = cached_model_name(job) if uses_model_cache(job, settings) else None
+    events = lambda kind, n: k.list_events(namespace, kind, n)  # noqa: E731
+    observed = observe(seen, names, events, cached_model)
+    if cached_model is not None and retry_failed_download(k, job, body, seen, cached_model):
+        retry = CacheState(cached_model, "Pending", "retrying the download")
+        observed = dataclasses.replace(observed, cache=retry)
+    decision = decide(job, observed)
     created = memory.created_for(uid)
     for write in children.plan(
         job, uid, settings, _stages(job, decision.create, seen), seen, created,
@@ -128,6 +164,7 @@ def reconcile(
         if decision.phase == "Serving"
         else None,
         "authSecret": served_auth_secret(seen, names) if decision.phase == "Serving" else None,
+        "outputs": published_outputs(seen, names),
     }
     writer.write(decision.phase, list(decision.conditions), extra)
     memory.status[uid] = writer.current

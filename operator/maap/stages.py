@@ -25,6 +25,24 @@ def prepare_model_command(config_path: PathLike, *, python: str = POD_PYTHON) ->
     return _stage("prepare-model", config_path, python)
 
 
+def fetch_command(
+    config_path: PathLike, *, python: str = POD_PYTHON, data_only: bool = False
+) -> list[str]:
+    """Download (remote) and validate the data set, and the base model unless the shared
+    cache's download Job brings it (`data_only`)."""
+    return _stage("fetch", config_path, python) + (["--data-only"] if data_only else [])
+
+
+def fetch_model_command(model_config_path: PathLike, *, python: str = POD_PYTHON) -> list[str]:
+    """Fill the model cache with one base model (a CachedModel's download Job)."""
+    return [python, *ENTRYPOINT, "fetch-model", "--config", str(model_config_path)]
+
+
+def publish_command(config_path: PathLike, *, python: str = POD_PYTHON) -> list[str]:
+    """Copy the finished job's models to spec.output."""
+    return _stage("publish", config_path, python)
+
+
 def train_command(config_path: PathLike, *, python: str = POD_PYTHON) -> list[str]:
     return _stage("train", config_path, python)
 
@@ -59,6 +77,8 @@ def serve_command(
 
 # The stages a Job runs, by the container name podspec gives them.
 JOB_STAGES: dict[str, Callable[..., list[str]]] = {
+    "fetch": fetch_command,
+    "publish": publish_command,
     "prepare-model": prepare_model_command,
     "train": train_command,
     "export": export_command,

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from maap_api.cachedmodel import PLURAL as CACHED_MODELS
 from maap_api.finetunejob import GROUP, PLURAL, VERSION
 
+from maap.cache_builders import CACHE_LABEL
 from maap.objectmeta import JOB_LABEL
 
 MANAGED_BY = "app.kubernetes.io/managed-by=maap-operator"
@@ -79,6 +81,25 @@ def child_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -
     return _by_owner(namespace, labels, body)
 
 
+@kopf.index(GROUP, VERSION, CACHED_MODELS)
+def cachedmodels(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return {namespace: _slim(body)}
+
+
+def _by_cached_model(namespace: str, labels: Mapping[str, str], body: kopf.Body) -> dict:
+    return {(namespace, labels[CACHE_LABEL]): _slim(body)}
+
+
+@kopf.index("batch", "v1", "jobs", labels={CACHE_LABEL: kopf.PRESENT})
+def cache_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return _by_cached_model(namespace, labels, body)
+
+
+@kopf.index("v1", "pods", labels={CACHE_LABEL: kopf.PRESENT})
+def cache_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return _by_cached_model(namespace, labels, body)
+
+
 @dataclass(frozen=True)
 class Children:
     """One FineTuneJob's children as the watches last saw them, by kind and name."""
@@ -88,6 +109,8 @@ class Children:
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     configmaps: dict[str, dict[str, Any]] = field(default_factory=dict)
     pods: list[dict[str, Any]] = field(default_factory=list)
+    # The namespace's CachedModels (shared by its jobs), by name.
+    cachedmodels: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> dict[str, dict[str, Any]]:
         return {
@@ -95,6 +118,7 @@ class Children:
             "Deployment": self.deployments,
             "Service": self.services,
             "ConfigMap": self.configmaps,
+            "CachedModel": self.cachedmodels,
         }[kind]
 
     def pods_matching(self, selector: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -118,6 +142,7 @@ def snapshot(indexes: Mapping[str, Any], key: OwnerKey) -> Children:
         services=_named(indexes["child_services"].get(key)),
         configmaps=_named(indexes["child_configmaps"].get(key)),
         pods=list(indexes["child_pods"].get(key) or ()),
+        cachedmodels=_named(indexes["cachedmodels"].get(key[0])),
     )
 
 
