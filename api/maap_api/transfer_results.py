@@ -48,6 +48,9 @@ class PublishResult(CamelModel):
     merged_model: str | None = None
     onnx_model: str | None = None
     adapter: str | None = None
+    onnx_base_model: str | None = Field(
+        default=None, description="export.adapter: the base model the onnx adapter plugs into."
+    )
     onnx_adapter: str | None = None
     files: int = Field(default=0, ge=0)
     bytes: int = Field(default=0, ge=0)

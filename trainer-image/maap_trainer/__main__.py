@@ -1,8 +1,10 @@
 """Data-plane entrypoint, the same in a pod and under `maap run`.
 
+    python -m maap_trainer fetch         --config config.json [--model-only]
     python -m maap_trainer prepare-model --config config.json
     python -m maap_trainer train         --config config.json
     python -m maap_trainer export        --config config.json
+    python -m maap_trainer publish       --config config.json
     python -m maap_trainer serve         --model-dir DIR [--config config.json] [--port P] ...
     python -m maap_trainer export-adapter --adapter-dir D --base-checkpoint D --base-onnx D
                                           --output FILE.onnx_adapter
@@ -28,7 +30,7 @@ from maap_api.errors import (
     UserError,
     write_termination_message,
 )
-from maap_api.stage_config import load_trainer_config
+from maap_api.stage_config import TrainerConfig, load_trainer_config
 
 from maap_trainer.serve.launch import add_serve_arguments
 
@@ -38,9 +40,16 @@ EXIT_USER_ERROR = 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m maap_trainer")
     sub = parser.add_subparsers(dest="stage", required=True)
-    for stage in ("prepare-model", "train", "export"):
+    for stage in ("prepare-model", "train", "export", "publish"):
         p = sub.add_parser(stage)
         p.add_argument("--config", type=Path, required=True)
+    fetch = sub.add_parser("fetch", help="download and check the data set and the base model")
+    fetch.add_argument("--config", type=Path, required=True)
+    fetch.add_argument(
+        "--model-only",
+        action="store_true",
+        help="only the base model, into the model cache; prints its CachedModelInfo",
+    )
     add_serve_arguments(sub.add_parser("serve"))
     convert = sub.add_parser("export-adapter", help="LoRA adapter -> .onnx_adapter for a base")
     convert.add_argument("--adapter-dir", type=Path, required=True)
@@ -65,10 +74,18 @@ def _run(args: argparse.Namespace) -> None:
         print(json.dumps(report))
         return
     cfg = load_trainer_config(args.config)
-    if args.stage == "prepare-model":
+    if args.stage == "fetch":
+        _run_fetch(cfg, args.model_only)
+    elif args.stage == "publish":
+        from maap_api.results import result_json
+
+        from maap_trainer.fetch.publish import run_publish
+
+        print(json.dumps(result_json(run_publish(cfg))))
+    elif args.stage == "prepare-model":
         from maap_trainer.model_prep import prepare_base_model
 
-        print(json.dumps({"model": prepare_base_model(cfg.model)}))
+        print(json.dumps({"model": prepare_base_model(cfg.model, cfg.hub, cfg.s3)}))
     elif args.stage == "train":
         from maap_trainer.train.distributed import is_worker, rank
         from maap_trainer.train.launch import run_train_stage
@@ -80,6 +97,18 @@ def _run(args: argparse.Namespace) -> None:
         from maap_trainer.export import run_export
 
         print(json.dumps(run_export(cfg)))
+
+
+def _run_fetch(cfg: TrainerConfig, model_only: bool) -> None:
+    from maap_api.results import result_json
+
+    from maap_trainer.fetch.stage import run_fetch
+
+    document = json.dumps(result_json(run_fetch(cfg, model_only)))
+    print(document)
+    if model_only:
+        # The download Job's pod status carries the CachedModelInfo to the operator.
+        write_termination_message(document)
 
 
 def _report_to_launcher(message: str) -> None:

