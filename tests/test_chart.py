@@ -429,3 +429,16 @@ def test_own_affinity_replaces_the_default_spreading(tmp_path: Path) -> None:
             {"key": "pool", "operator": "In", "values": ["ops"]}]}]}}}  # fmt: skip
     objects = render({"affinity": mine}, tmp_path)
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["affinity"] == mine
+
+
+def test_the_model_cache_is_opt_in_and_wires_the_operators_flags(tmp_path: Path) -> None:
+    assert not any(k.startswith("MAAP_MODEL_CACHE") for k in env_of(container(
+        render({}, tmp_path, namespace="ops"))))  # fmt: skip
+    values = {"modelCache": {"enabled": True, "claimName": "models", "size": "500Gi",
+                             "storageClassName": "cephfs"}}  # fmt: skip
+    env = env_of(container(render(values, tmp_path, namespace="ops")))
+    assert env["MAAP_MODEL_CACHE_CLAIM"] == "models"
+    assert env["MAAP_MODEL_CACHE_SIZE"] == "500Gi"
+    assert env["MAAP_MODEL_CACHE_STORAGE_CLASS"] == "cephfs"
+    assert env["MAAP_MODEL_CACHE_ACCESS_MODE"] == "ReadWriteMany"
+    assert {k for k in env if k.startswith("MAAP_MODEL_CACHE")} <= operator_env_names()

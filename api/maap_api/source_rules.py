@@ -27,14 +27,15 @@ def _location_rule(
     forms: str,
     example: str,
     also: dict[str, Any] | None = None,
+    paths: bool = True,
 ) -> Rule:
     return Rule(
         name=f"{section}-{field}-form".lower(),
         section=section,
         field=f"{section}.{field}",
         message=f"{section}.{field}: unknown scheme or malformed location; use {forms}",
-        check=lambda m: valid_location(getattr(m, _snake(field)), patterns),
-        cel=cel_valid_location(field, patterns),
+        check=lambda m: valid_location(getattr(m, _snake(field)), patterns, paths),
+        cel=cel_valid_location(field, patterns, paths),
         # `also`: what else the example must change to break only this rule (None: unset).
         example={section: {field: example, **(also or {})}},
         reason="FieldValueInvalid",
@@ -53,5 +54,5 @@ SOURCE_RULES: list[Rule] = [
     _location_rule(
         "model", "path", MODEL_PATTERNS, MODEL_FORMS, "hf://just-a-name", {"preset": None}
     ),
-    _location_rule("output", "path", OUTPUT_PATTERNS, OUTPUT_FORMS, "s3://bucket/no-slash"),
+    _location_rule("output", "path", OUTPUT_PATTERNS, OUTPUT_FORMS, "/local/dir", paths=False),
 ]

@@ -56,15 +56,19 @@ def matches_any(location: str, patterns: tuple[str, ...]) -> bool:
     return any(re.fullmatch(p.strip("^$"), location) for p in patterns)
 
 
-def valid_location(location: str | None, patterns: tuple[str, ...]) -> bool:
-    """A path, or a URI of one of the forms `patterns` allow (the rules' Python half)."""
-    return location is None or not is_uri(location) or matches_any(location, patterns)
+def valid_location(location: str | None, patterns: tuple[str, ...], paths: bool = True) -> bool:
+    """A URI of one of the forms `patterns` allow, or (`paths`) a path: the rules' Python
+    half."""
+    if location is None or (paths and not is_uri(location)):
+        return True
+    return matches_any(location, patterns)
 
 
-def cel_valid_location(field: str, patterns: tuple[str, ...]) -> str:
+def cel_valid_location(field: str, patterns: tuple[str, ...], paths: bool = True) -> str:
     """The same check in CEL, for the field `field` of the rule's section."""
     alternatives = " || ".join(f"self.{field}.matches({_cel_string(p)})" for p in patterns)
-    return f"!has(self.{field}) || !self.{field}.contains('://') || {alternatives}"
+    path = f" || !self.{field}.contains('://')" if paths else ""
+    return f"!has(self.{field}){path} || {alternatives}"
 
 
 def _cel_string(pattern: str) -> str:

@@ -19,7 +19,7 @@ from maap_api.cachedmodel import PLURAL as CACHED_MODELS
 from maap_api.finetunejob import GROUP, VERSION
 from maap_api.stage_config import ModelSource
 
-from maap import handlers
+from maap import blockers, handlers
 from maap.cache_builders import CACHE_LABEL, build_download, download_job_name, model_cache_name
 from maap.kube import Kube
 from maap.local.summary import human_size
@@ -42,7 +42,10 @@ def observed_status(
     if state.failed:
         return {"phase": "Failed", "message": state.message or state.reason, "claim": claim}
     if not state.succeeded:
-        return {"phase": "Downloading", "message": "downloading into the cache", "claim": claim}
+        # A pod that cannot run (an unbound claim, a missing Secret) says why, as jobs do.
+        blocker = blockers.first_blocker(pods) if state.stalled else None
+        message = f"{blocker.reason}: {blocker.message}" if blocker else "downloading"
+        return {"phase": "Downloading", "message": message, "claim": claim}
     report = success_report(pods) or {}
     size = report.get("bytes")
     return {

@@ -303,10 +303,11 @@ def _fetching(seen: Observed, out: Out) -> Decision | ConditionUpdate:
     if seen.uses_cache and (cache is None or not cache.ready):
         phase = cache.phase if cache is not None and cache.phase else "Pending"
         name = cache.name if cache is not None else "the base model"
+        detail = f": {cache.message}" if cache is not None and cache.message else ""
         return out(
             "Fetching",
             ConditionUpdate(
-                "Fetched", "False", "WaitingForModel", f"CachedModel {name} is {phase}"
+                "Fetched", "False", "WaitingForModel", f"CachedModel {name} is {phase}{detail}"
             ),
             create=["cache"],
         )

@@ -20,11 +20,6 @@ def _stage(stage: str, config_path: PathLike, python: str) -> list[str]:
     return [python, *ENTRYPOINT, stage, "--config", str(config_path)]
 
 
-def prepare_model_command(config_path: PathLike, *, python: str = POD_PYTHON) -> list[str]:
-    """Fetch and convert the base model once (cached), before training."""
-    return _stage("prepare-model", config_path, python)
-
-
 def fetch_command(
     config_path: PathLike, *, python: str = POD_PYTHON, data_only: bool = False
 ) -> list[str]:
@@ -79,7 +74,6 @@ def serve_command(
 JOB_STAGES: dict[str, Callable[..., list[str]]] = {
     "fetch": fetch_command,
     "publish": publish_command,
-    "prepare-model": prepare_model_command,
     "train": train_command,
     "export": export_command,
 }

@@ -31,7 +31,9 @@ from maap_api.results import (
     TrainMetrics,
     read_result,
 )
+from maap_api.sources import is_uri
 from maap_api.stage_config import TrainerConfig
+from maap_api.transfer_results import FETCH_FILE, PUBLISH_FILE, FetchResult, PublishResult
 from maap_trainer.outdirs import directory_size
 from maap_trainer.progress import read_progress
 from maap_trainer.train.data import load_examples
@@ -49,7 +51,7 @@ from rich.table import Table
 
 from maap.local.serving import CONFIG_FILE, LocalServer, local_server
 from maap.local.summary import human_size, summary_rows
-from maap.stages import export_command, prepare_model_command, train_command
+from maap.stages import export_command, fetch_command, publish_command, train_command
 
 
 class StageFailed(Exception):
@@ -67,28 +69,38 @@ class StageTiming:
 class RunReport:
     output_dir: Path
     timings: list[StageTiming] = field(default_factory=list)
+    fetch: FetchResult | None = None
     metrics: TrainMetrics | None = None
     export: ExportResult | None = None
+    publish: PublishResult | None = None
 
 
 def resolve_trainer_config(
     job: FineTuneJob, manifest_dir: Path, output_root: Path
 ) -> TrainerConfig:
-    """The data-plane config for a local run: absolute paths, output under output_root."""
-    dataset = Path(job.spec.dataset.path).expanduser()
-    if not dataset.is_absolute():
-        dataset = (manifest_dir / dataset).resolve()
-    if not dataset.is_file():
-        raise UserError(f"spec.dataset.path: {dataset}: no such file")
+    """The data-plane config for a local run: absolute paths, output under output_root,
+    remote data files fetched into this machine's cache (as into a job's volume)."""
     output_dir = (output_root / job.metadata.name).resolve()
     cfg = job.spec.trainer_config(job.metadata.name, str(output_dir))
-    cfg.dataset = cfg.dataset.model_copy(update={"path": str(dataset)})
-    if cfg.model.path is not None:
+    cfg.inputs_dir = str(local_cache_dir() / "inputs")
+    if not is_uri(job.spec.dataset.path):
+        dataset = Path(job.spec.dataset.path).expanduser()
+        if not dataset.is_absolute():
+            dataset = (manifest_dir / dataset).resolve()
+        if not dataset.is_file():
+            raise UserError(f"spec.dataset.path: {dataset}: no such file")
+        cfg.dataset = cfg.dataset.model_copy(update={"path": str(dataset)})
+    if cfg.model.path is not None and not is_uri(cfg.model.path):
         model_path = Path(cfg.model.path).expanduser()
         if not model_path.is_absolute():
             model_path = (manifest_dir / model_path).resolve()
         cfg.model = cfg.model.model_copy(update={"path": str(model_path)})
     return cfg
+
+
+def local_cache_dir() -> Path:
+    """This machine's cache (models, fetched data), as the stages read MAAP_CACHE_DIR."""
+    return Path(os.environ.get("MAAP_CACHE_DIR") or Path.home() / ".cache" / "maap")
 
 
 class LocalRunner:
@@ -101,8 +113,10 @@ class LocalRunner:
     # -- stages -------------------------------------------------------------------------
 
     def check_inputs(self) -> None:
-        """Fail in seconds on what would otherwise fail after minutes of training."""
-        load_examples(Path(self.cfg.dataset.path), self.cfg.dataset.format)
+        """Fail in seconds on what would otherwise fail after minutes of training (a remote
+        data set is checked by the fetch stage, once downloaded)."""
+        if not is_uri(self.cfg.dataset.path):
+            load_examples(Path(self.cfg.dataset.path), self.cfg.dataset.format)
 
     @property
     def config_path(self) -> Path:
@@ -117,14 +131,19 @@ class LocalRunner:
 
     def run_pipeline(self) -> RunReport:
         config, python = self.write_config(), sys.executable
-        self._stage("prepare-model", "Preparing the base model",
-                    prepare_model_command(config, python=python))  # fmt: skip
+        self._stage("fetch", "Fetching and checking the model and data",
+                    fetch_command(config, python=python))  # fmt: skip
+        self.report.fetch = self._result(FETCH_FILE, FetchResult)
         self._stage("train", "Training", train_command(config, python=python))
         self.report.metrics = self._result(METRICS_FILE, TrainMetrics)
         if self.cfg.export.enabled:
             title = f"Exporting ONNX ({self.cfg.export.precision})"
             self._stage("export", title, export_command(config, python=python))
             self.report.export = self._result(EXPORT_FILE, ExportResult)
+        if self.cfg.output.enabled:
+            title = f"Publishing to {self.cfg.output.path}"
+            self._stage("publish", title, publish_command(config, python=python))
+            self.report.publish = self._result(PUBLISH_FILE, PublishResult)
         return self.report
 
     def _result(self, name: str, model: type[Model]) -> Model:
@@ -263,12 +282,24 @@ class LocalRunner:
             metrics.summary() if metrics else None,
             export.summary() if export else None,
         )
+        fetched = self.report.fetch
+        if fetched is not None:
+            for name, file in (("data", fetched.dataset), ("eval data", fetched.eval)):
+                if file is not None:
+                    table.add_row(name, f"{file.rows} rows, {human_size(file.bytes)}")
         for name, value in rows:
             table.add_row(name, value)
         for timing in self.report.timings:
             table.add_row(f"time: {timing.name}", f"{timing.seconds:.1f} s")
         self.console.print(table)
         # Paths go outside the table, unwrapped, so they can be copied whole.
+        published = self.report.publish
+        if published is not None:
+            for name, uri in (("merged", published.merged_model), ("onnx", published.onnx_model),
+                              ("adapter", published.adapter)):  # fmt: skip
+                if uri:
+                    self.console.print(f"{'to ' + name:>10}: {uri}", soft_wrap=True,
+                                       highlight=False)  # fmt: skip
         for name in ("adapter", "merged", "onnx", "onnx-base", "adapters"):
             path = self.output_dir / name
             if path.is_dir():
