@@ -82,6 +82,19 @@ def test_unsigned_request_is_refused(s3: S3Server, bucket: str) -> None:
     assert info.value.code == 403
 
 
+def test_presigned_get_url(s3: S3Server, bucket: str) -> None:
+    s3.put(bucket, "shared.txt", b"for a client without keys")
+    url = s3.client().generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": "shared.txt"}, ExpiresIn=60
+    )
+    assert "X-Amz-Signature=" in url
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.read() == b"for a client without keys"
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(url.replace("shared.txt", "other.txt"), timeout=5)
+    assert info.value.code == 403  # the signature covers the key
+
+
 def test_missing_object_is_404_no_such_key(s3: S3Server, bucket: str) -> None:
     assert client_error(s3.client().get_object, Bucket=bucket, Key="absent") == (404, "NoSuchKey")
 

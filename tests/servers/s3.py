@@ -190,8 +190,8 @@ class S3Server:
     # --- boto3 ---
 
     def client(self, access_key: str | None = None, secret_key: str | None = None) -> BaseClient:
-        """A boto3 S3 client for this server (path-style addressing; other keys to test
-        what the server refuses)."""
+        """A boto3 S3 client for this server (path-style addressing, SigV4 also for
+        presigned URLs; pass other keys to test what the server refuses)."""
         import boto3
         from botocore.config import Config
 
@@ -203,6 +203,8 @@ class S3Server:
             region_name=self.region,
             config=Config(
                 s3={"addressing_style": "path"},
+                # boto3 presigns with SigV2 for a custom endpoint, which the server refuses.
+                signature_version="s3v4",
                 retries={"max_attempts": 1, "mode": "standard"},  # a 403 is the answer
                 connect_timeout=5,
                 read_timeout=60,
