@@ -155,3 +155,22 @@ def test_the_train_stage_says_when_a_remote_file_was_not_fetched(tmp_path: Path)
         DatasetError, match=r"^dataset.path: https://example.invalid/rows.jsonl: not fetched yet"
     ):
         local_dataset_paths(cfg)
+
+
+@pytest.mark.slow
+def test_the_train_stage_trains_on_the_fetched_copy(tmp_path: Path, files) -> None:
+    """fetch, then train: the train stage reads the fetched copy of the URL."""
+    from tests.trainer_helpers import metrics_of, trainer_config
+    from tests.trainer_helpers import run_stage as run_train
+
+    url = files.url("data/train.jsonl")
+    config, output = trainer_config(
+        tmp_path, Path("unused"), "fetched", dataset={"path": url}, training={"maxSteps": 1}
+    )
+    fetched = run_stage("fetch", config, tmp_path / "cache")
+    assert fetched.returncode == 0, fetched.stderr
+    trained = run_train(config)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    metrics = metrics_of(output)
+    assert (metrics["trainRows"], metrics["evalRows"]) == (5, 1)
+    assert files.requests["/data/train.jsonl"] == 1  # training never went to the URL

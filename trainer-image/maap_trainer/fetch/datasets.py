@@ -23,7 +23,7 @@ from maap_api.sources import Location, fetched_dataset_path, parse_location
 from maap_api.stage_config import TrainerConfig
 from maap_api.transfer_results import FetchedFile
 
-from maap_trainer.fetch.errors import FetchError, fetch_error
+from maap_trainer.fetch.errors import fetch_error
 from maap_trainer.fetch.meter import human_bytes
 
 log = logging.getLogger("maap.fetch")
@@ -81,7 +81,7 @@ def fetch_dataset(
     parsed = parse_location(location)
     if not parsed.remote:
         return _check_local(field, sha_field, location, local_path, expected_sha256, fmt)
-    destination = fetched_dataset_path(location, cfg.fetched_inputs_dir)
+    destination = fetched_dataset_path(location, cfg.fetched_inputs_dir).absolute()
     if (done := _verified_copy(destination, location, expected_sha256, fmt)) is not None:
         log.info("%s: %s: already fetched and checked (%s)", field, location, destination)
         return done
@@ -117,16 +117,19 @@ def _download_and_check(
     from maap_trainer.fetch.sources import download_data
 
     location = source.uri
-    # Whatever was there was checked for another spec: it goes before the download, so a
-    # failure leaves nothing the next stage could trust.
-    destination.unlink(missing_ok=True)
-    _sidecar(destination).unlink(missing_ok=True)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(
-            prefix=f".{destination.name}.", suffix=PARTIAL_SUFFIX, dir=destination.parent
+    try:
+        # Whatever was there was checked for another spec: it goes before the download, so
+        # a failure leaves nothing the next stage could trust.
+        destination.unlink(missing_ok=True)
+        _sidecar(destination).unlink(missing_ok=True)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(
+            tempfile.mkdtemp(
+                prefix=f".{destination.name}.", suffix=PARTIAL_SUFFIX, dir=destination.parent
+            )
         )
-    )
+    except OSError as exc:
+        raise fetch_error(field, location, f"cannot write {destination} ({exc})") from None
     try:
         staged = staging / destination.name
         rows, detected = download_data(cfg, field, source, staged, fmt, report)
@@ -135,10 +138,8 @@ def _download_and_check(
         if rows is None:  # a single file: validated here; a split was validated file by file
             rows, detected = validate_rows(field, staged, fmt, location)
         os.replace(staged, destination)
-    except FetchError:
-        raise
     except OSError as exc:
-        raise fetch_error(field, location, f"cannot write {destination} ({exc.strerror})") from None
+        raise fetch_error(field, location, f"cannot write {destination} ({exc})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     fetched = FetchedFile(

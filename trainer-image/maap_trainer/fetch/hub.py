@@ -17,9 +17,11 @@ from typing import Any
 from maap_api.sources import Location
 from maap_api.storage_access import HUB_SECRET_KEY, HubAccess
 
-from maap_trainer.fetch.errors import FetchError, fetch_error, unreachable
+from maap_trainer.fetch.errors import FetchError, fetch_error, one_line, unreachable
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+# Before huggingface_hub is imported (it reads its settings once): a pod reports nothing.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Seconds for the metadata request of each file (HEAD); the download's own read timeout
 # is huggingface_hub's (HF_HUB_DOWNLOAD_TIMEOUT, 10 s between reads).
 ETAG_TIMEOUT_SECONDS = 30.0
@@ -180,7 +182,7 @@ def _server_message(exc: BaseException) -> str:
     response: Any = getattr(exc, "response", None)
     headers = getattr(response, "headers", None) or {}
     message = headers.get("X-Error-Message") if hasattr(headers, "get") else None
-    return f": {message}" if message else ""
+    return f": {one_line(message).rstrip('.')}" if message else ""
 
 
 def _status(exc: BaseException) -> int | None:

@@ -5,8 +5,8 @@ once) holds one directory per location. A download goes into a staging directory
 it and is renamed into place with its completion marker inside, under a lock file beside
 it: two pods fetching one model at once download it once (the second waits for the lock,
 then finds the marker). The lock is an flock, released by the kernel when its holder
-dies, so a crashed download never blocks the next one; its staging directory is removed
-by the next holder.
+dies, so a crashed download never blocks the next one, which resumes from its staging
+directory. A download that fails with an error removes its staging directory.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import fnmatch
 import logging
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -91,21 +90,21 @@ def ensure_cached_model(
     """The model's directory in the cache, downloading it first unless it is complete."""
     from filelock import FileLock, Timeout
 
-    destination = cached_model_dir(location, cache_root)
+    destination = cached_model_dir(location, cache_root).absolute()
     if (info := read_marker(destination)) is not None:
         return info
-    try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise fetch_error(field, location, f"cannot create the model cache ({exc})") from None
     # 0o666: pods of other jobs (other users) take the same lock on the shared volume.
     lock = FileLock(str(destination) + LOCK_SUFFIX, mode=0o666)
-    while True:
-        try:
-            lock.acquire(timeout=WAIT_LOG_SECONDS)
-            break
-        except Timeout:
-            log.info("%s: %s: another pod is downloading it; waiting", field, location)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                lock.acquire(timeout=WAIT_LOG_SECONDS)
+                break
+            except Timeout:
+                log.info("%s: %s: another pod is downloading it; waiting", field, location)
+    except OSError as exc:
+        raise fetch_error(field, location, f"cannot lock the model cache ({exc})") from None
     try:
         if (info := read_marker(destination)) is not None:
             log.info(
@@ -125,16 +124,19 @@ def _download(
     destination: Path,
     report: Report | None,
 ) -> CachedModelInfo:
-    parent = destination.parent
-    for stale in parent.glob(f".{destination.name}.*{STAGING_SUFFIX}"):
-        shutil.rmtree(stale, ignore_errors=True)  # a download that died (we hold the lock)
-    if destination.exists():  # no marker: not ours to trust (a rename always brings one)
-        shutil.rmtree(destination)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=STAGING_SUFFIX, dir=parent)
-    )
+    # One staging directory per model, used only under the lock: what a killed pod left
+    # there is resumed (huggingface_hub continues its *.incomplete files), never trusted.
+    staging = destination.with_name(f".{destination.name}{STAGING_SUFFIX}")
     try:
-        staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared
+        if destination.exists():  # no marker: not ours to trust (a rename always brings one)
+            shutil.rmtree(destination)
+        if staging.exists():
+            log.info("%s: %s: resuming the download a stopped pod left", field, source.uri)
+        staging.mkdir(mode=0o755, exist_ok=True)
+        (staging / MODEL_COMPLETE_MARKER).unlink(missing_ok=True)
+    except OSError as exc:
+        raise fetch_error(field, source.uri, f"cannot write the model cache ({exc})") from None
+    try:
         if source.scheme == "hf":
             revision = _from_hub(field, source, hub, staging, report)
         elif source.scheme == "s3":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from maap_api.errors import ConfigError
@@ -24,7 +25,7 @@ log = logging.getLogger("maap.fetch")
 STAGE = "fetching"
 
 
-def _reporter(output_dir: Path):
+def _reporter(output_dir: Path) -> Callable[[str], None]:
     """Progress lines also go to progress.json (and the operator's progress API)."""
 
     def report(message: str) -> None:
@@ -34,12 +35,18 @@ def _reporter(output_dir: Path):
     return report
 
 
-def fetch_model(cfg: TrainerConfig, report=None) -> CachedModelInfo | None:
+def fetch_model(
+    cfg: TrainerConfig, report: Callable[[str], None] | None = None
+) -> CachedModelInfo | None:
     """The base model in the cache (downloaded unless complete); None for a local model."""
     from maap_trainer.model_prep import cache_root
 
     remote = remote_model_location(cfg.model)
     if remote is None:
+        if cfg.model.path is not None and not (Path(cfg.model.path) / "config.json").is_file():
+            raise ConfigError(
+                f"model.path: {cfg.model.path} is not a checkpoint (no config.json in it)"
+            )
         return None
     field, location = remote
     return ensure_cached_model(field, location, cfg.hub, cfg.s3, cache_root(), report)
