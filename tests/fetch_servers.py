@@ -11,7 +11,8 @@ Hugging Face hub's HTTP API that huggingface_hub's download functions use:
 with the hub's error headers (X-Error-Code: RepoNotFound, RevisionNotFound, EntryNotFound,
 GatedRepo) and a bearer-token check, so huggingface_hub raises what it raises against the
 real hub. Each server counts the requests it answers, so a test can prove a download
-happened once.
+happened once. Below them: running a stage as a pod does (`run_stage`) and a tiny
+checkpoint to serve (`tiny_checkpoint`).
 """
 
 from __future__ import annotations
