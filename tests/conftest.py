@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from maap_trainer.ports import free_port as free_port  # the tests' free port, re-exported
 
+from tests.servers.fixtures import s3_server as s3_server  # a real S3 server, session-wide
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 EXAMPLE_MANIFEST = EXAMPLES / "smollm2-lora.yaml"

@@ -288,6 +288,16 @@ class StageRun:
         return json.loads(self.stdout)
 
 
+def model_spec(config: Path) -> Path:
+    """The CachedModel spec (model, s3, hub) of a stage config, as its download Job's
+    ConfigMap holds it (`python -m maap_trainer fetch-model --config` reads it)."""
+    document = json.loads(config.read_text(encoding="utf-8"))
+    spec = config.with_name("model.json")
+    keys = ("model", "s3", "hub")
+    spec.write_text(json.dumps({k: document[k] for k in keys if k in document}), encoding="utf-8")
+    return spec
+
+
 def run_stage(
     stage: str,
     config: Path,

@@ -15,7 +15,14 @@ from maap_api.sources import cached_model_dir, fetched_dataset_path
 from maap_api.stage_config import load_trainer_config
 from maap_api.transfer_results import MODEL_COMPLETE_MARKER, CachedModelInfo, FetchResult
 
-from tests.fetch_servers import HubRepo, LocalHub, run_stage, stage_config, tiny_checkpoint
+from tests.fetch_servers import (
+    HubRepo,
+    LocalHub,
+    model_spec,
+    run_stage,
+    stage_config,
+    tiny_checkpoint,
+)
 
 TOKEN = "hf_local_test_token"
 CHECKPOINT = tiny_checkpoint()
@@ -72,7 +79,7 @@ def fetch_model(tmp_path: Path, hub: LocalHub, model: dict, *args: str, **env: s
     config = stage_config(
         tmp_path, {"path": "unused.jsonl"}, model=model, hub={"endpoint": hub.base_url}
     )
-    return config, run_stage("fetch", config, tmp_path / "cache", "--model-only", *args, env=env)
+    return config, run_stage("fetch-model", model_spec(config), tmp_path / "cache", *args, env=env)
 
 
 def test_a_hub_model_is_cached_at_its_commit_without_what_training_never_reads(
@@ -180,7 +187,7 @@ def test_an_unreachable_hub_is_one_line(tmp_path: Path) -> None:
         model={"path": "hf://org/tiny"},
         hub={"endpoint": f"http://127.0.0.1:{port}"},
     )
-    run = run_stage("fetch", config, tmp_path / "cache", "--model-only")
+    run = run_stage("fetch-model", model_spec(config), tmp_path / "cache")
     assert run.returncode == 2
     assert run.error_line == (
         f"model.path: hf://org/tiny: cannot reach 127.0.0.1:{port} (connection refused)"
@@ -279,10 +286,9 @@ def test_two_pods_fetching_one_model_at_once_download_it_once(
                     sys.executable,
                     "-m",
                     "maap_trainer",
-                    "fetch",
+                    "fetch-model",
                     "--config",
-                    str(config),
-                    "--model-only",
+                    str(model_spec(config)),
                 ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -320,10 +326,9 @@ def test_a_pod_killed_mid_download_is_resumed_by_the_next(tmp_path: Path, hub: L
         sys.executable,
         "-m",
         "maap_trainer",
-        "fetch",
+        "fetch-model",
         "--config",
-        str(config),
-        "--model-only",
+        str(model_spec(config)),
     ]
     env = {**_clean_env(), "MAAP_CACHE_DIR": str(tmp_path / "cache")}
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -340,7 +345,7 @@ def test_a_pod_killed_mid_download_is_resumed_by_the_next(tmp_path: Path, hub: L
     staging = cached_model_dir("hf://org/tiny", tmp_path / "cache")
     assert not staging.exists()  # nothing trusted
     hub.delay_seconds.clear()
-    run = run_stage("fetch", config, tmp_path / "cache", "--model-only")
+    run = run_stage("fetch-model", model_spec(config), tmp_path / "cache")
     assert run.returncode == 0, run.stderr
     assert "resuming the download a stopped pod left" in run.stderr
     assert hub.downloads[("org/tiny", "config.json")] == 1  # kept from the killed pod

@@ -11,7 +11,7 @@ from maap_api.sources import cached_model_dir, fetched_dataset_path
 from maap_api.stage_config import load_trainer_config
 from maap_api.transfer_results import MODEL_COMPLETE_MARKER, CachedModelInfo, FetchResult
 
-from tests.fetch_servers import run_stage, stage_config, tiny_checkpoint
+from tests.fetch_servers import model_spec, run_stage, stage_config, tiny_checkpoint
 from tests.servers.fixtures import s3_server  # noqa: F401  (the fixture)
 
 ROWS = b"".join(json.dumps({"text": f"row {i}"}).encode() + b"\n" for i in range(5))
@@ -124,7 +124,7 @@ def test_a_model_from_an_s3_prefix_is_cached_once(tmp_path: Path, s3_server, buc
         model={"path": uri},
         s3={"endpoint": s3_server.endpoint},
     )
-    run = run_stage("fetch", config, cache, "--model-only", env=keys(s3_server))
+    run = run_stage("fetch-model", model_spec(config), cache, env=keys(s3_server))
     assert run.returncode == 0, run.stderr
     info = CachedModelInfo.model_validate(run.json())
     assert run.termination_message == run.stdout.strip()  # the download Job's result
@@ -157,7 +157,7 @@ def test_a_prefix_without_a_checkpoint_is_refused(tmp_path: Path, s3_server, buc
     config = stage_config(
         tmp_path, {"path": "x.jsonl"}, model={"path": uri}, s3={"endpoint": s3_server.endpoint}
     )
-    run = run_stage("fetch", config, tmp_path / "cache", "--model-only", env=keys(s3_server))
+    run = run_stage("fetch-model", model_spec(config), tmp_path / "cache", env=keys(s3_server))
     assert run.returncode == 2
     assert run.error_line == (
         f"model.path: {uri}: not a transformers checkpoint: no config.json under the prefix "

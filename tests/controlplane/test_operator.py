@@ -431,7 +431,11 @@ def test_operator_restart_mid_pipeline_finishes_without_duplicates(cluster: Clus
     cluster.op.start()
     cluster.wait_phase("restart", "Succeeded", timeout=120)
     jobs = cluster.batch.list_namespaced_job(cluster.namespace).items
-    assert sorted(j.metadata.name for j in jobs) == ["restart-export", "restart-train"]
+    assert sorted(j.metadata.name for j in jobs) == [
+        "restart-export",
+        "restart-fetch",
+        "restart-train",
+    ]
     pods = cluster.core.list_namespaced_pod(
         cluster.namespace, label_selector="app.kubernetes.io/component=trainer"
     ).items

@@ -32,7 +32,8 @@ pytestmark = pytest.mark.controlplane
 
 CACHE_CLAIM = "maap-model-cache"
 CACHE_CLASS = "sc-model-cache"
-HOLD = {"pod-complete.stage.kwok.x-k8s.io/delay": "3s"}
+# tests/cluster/stages: the fetch, publish and download pods stay Running this long.
+HOLD = {"maap.dev/kwok-transfer-delay": "3s"}
 
 
 class CacheOperator(OperatorProcess):
@@ -184,3 +185,22 @@ def test_two_jobs_on_one_base_share_one_cached_download(cluster: Cluster, contro
             cluster.namespace, field_selector=f"involvedObject.name={cached['metadata']['name']}"
         ).items
     ], 30, cluster.op)  # fmt: skip
+
+
+def test_a_failed_fetch_fails_the_job_with_its_line_and_starts_no_training(
+    cluster: Cluster,
+) -> None:
+    make_volume(cluster.core, CACHE_CLASS)
+    reason = "dataset.path: s3://data/train.jsonl: 403 SignatureDoesNotMatch"
+    # kwok's stage ends the fetch pod as the trainer image would: exit 2, this message.
+    annotations = {"maap.dev/kwok-fail-transfer": reason}
+    cluster.create(finetunejob("denied", "sc-denied", placement={"podAnnotations": annotations},
+                               dataset={"path": "s3://data/train.jsonl"}))  # fmt: skip
+    status = cluster.wait_phase("denied", "Failed", timeout=90)
+    failed = condition(status, "Failed")
+    assert (failed["reason"], failed["message"]) == ("FetchFailed", reason)
+    assert condition(status, "Fetched")["status"] == "False"
+    assert ("Warning", "FetchFailed") in cluster.events("denied")
+    fetch = cluster.read_job("denied-fetch")
+    assert fetch is not None and (fetch.status.failed or 0) == 1, "exit 2 is not retried"
+    assert cluster.read_job("denied-train") is None

@@ -73,7 +73,11 @@ def maap(real_cluster, real_node, maap_images) -> Iterator[Cluster]:
     """The chart installed with the built images; uninstalled afterwards."""
     bin_dir = real_cluster.bin_dir
     cluster = Cluster(str(bin_dir / "kubectl"), str(bin_dir / "helm"), str(real_cluster.kubeconfig))
-    RESULTS["install"] = {"seconds": round(install_chart(cluster, maap_images))}
+    # The shared model cache on: every job's base model comes through one CachedModel per
+    # namespace (the hostPath provisioner's volumes live on this one node: ReadWriteOnce).
+    cache = ["--set", "modelCache.enabled=true", "--set", "modelCache.accessMode=ReadWriteOnce",
+             "--set", "modelCache.size=5Gi"]  # fmt: skip
+    RESULTS["install"] = {"seconds": round(install_chart(cluster, maap_images, cache))}
     try:
         yield cluster
     finally:
@@ -145,6 +149,36 @@ def test_stalled_children_are_named_in_conditions_and_events(
 ) -> None:
     result = run("blockers", maap, jobs_namespace, maap_images)
     assert "exceeded quota" in result["quota"]
+
+
+@pytest.fixture(scope="module")
+def pods_s3(real_cluster) -> Iterator[scenarios.S3Store]:
+    """A real S3 server (rclone serve s3) where the pods reach it: the node's address."""
+    from tests.servers.s3 import S3Server
+
+    with S3Server(host=real_cluster.advertise_address) as server:
+        yield scenarios.S3Store(
+            endpoint=server.endpoint, access_key=server.access_key,
+            secret_key=server.secret_key, put=server.put, keys=server.list,
+            create_bucket=server.create_bucket,
+        )  # fmt: skip
+
+
+def test_data_from_s3_one_cached_base_for_two_jobs_and_models_published_to_s3(
+    maap: Cluster, maap_images: Images, pods_s3: scenarios.S3Store
+) -> None:
+    namespace = f"maap-sources-{uuid.uuid4().hex[:6]}"
+    restricted_namespace(maap, namespace)
+    try:
+        started = time.monotonic()
+        result = scenarios.scenario_sources(maap, namespace, maap_images, pods_s3)
+        RESULTS["sources"] = {"seconds": round(time.monotonic() - started), **result}
+        print("sources", json.dumps(RESULTS["sources"]))
+    finally:
+        maap.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    assert result["downloads"] == 1
+    assert "403" in result["deniedMessage"]
+    assert result["publishedObjects"] > 0
 
 
 def test_deleting_the_finetunejobs_removes_their_children(

@@ -14,10 +14,12 @@ scenario as a test; tests/kind/e2e.sh runs this file.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -364,11 +366,101 @@ def scenario_cleanup(cluster: Cluster, ns: str, images: Images) -> dict[str, Any
     kinds = "pods,jobs,deployments,services,configmaps,secrets,persistentvolumeclaims"
 
     def gone() -> bool:
-        left = cluster.get(kinds, "-n", ns, "-l", "app.kubernetes.io/managed-by=maap-operator")
+        # The model cache (its claim, CachedModels' download Jobs) outlives jobs on purpose.
+        selector = (
+            "app.kubernetes.io/managed-by=maap-operator,app.kubernetes.io/component!=model-cache"
+        )
+        left = cluster.get(kinds, "-n", ns, "-l", selector)
         return not left.get("items")
 
     wait_for("every child garbage-collected", gone, 180)
     return {"deleted": len(jobs), "seconds": round(time.monotonic() - started)}
+
+
+@dataclass(frozen=True)
+class S3Store:
+    """An S3-compatible store the cluster's pods reach at `endpoint`, and how to fill it."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str
+    put: Callable[[str, str, bytes], None]
+    keys: Callable[[str, str], list[str]]
+    create_bucket: Callable[[str], None]
+
+
+def sources_job(name: str, s3: S3Store, secret: str, data: str, sha256: str) -> dict[str, Any]:
+    """The example with its data set in S3, training only, its models published to S3."""
+    doc = example_job(
+        name, "unused",
+        dataset={"path": data, "sha256": sha256},
+        training={"maxSteps": 4, "batchSize": 4, "loggingSteps": 1},
+        export={"enabled": False}, serving={"enabled": False},
+    )  # fmt: skip
+    doc["spec"]["storage"] = {"size": "5Gi"}
+    doc["spec"]["s3"] = {"endpoint": s3.endpoint, "secretName": secret}
+    doc["spec"]["output"] = {"path": f"s3://{SOURCES_BUCKET}/published/{name}/"}
+    return doc
+
+
+SOURCES_BUCKET = "maap-scenarios"
+
+
+def scenario_sources(cluster: Cluster, ns: str, images: Images, s3: S3Store) -> dict[str, Any]:
+    """Two jobs on one base at once, their data set an S3 object: Fetching, then one
+    download of the base model into the shared cache for both, training, then their models
+    published to S3. A third job with a wrong secret key fails on the server's 403."""
+    started = time.monotonic()
+    data = (PIRATE_DATA / "train.jsonl").read_bytes()
+    s3.create_bucket(SOURCES_BUCKET)
+    s3.put(SOURCES_BUCKET, "pirate/train.jsonl", data)
+    location = f"s3://{SOURCES_BUCKET}/pirate/train.jsonl"
+    digest = hashlib.sha256(data).hexdigest()
+    secrets = [
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+         "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": key}}
+        for name, key in (("s3-good", s3.secret_key), ("s3-wrong", "not-the-secret-key"))
+    ]  # fmt: skip
+    cluster.apply(ns, *secrets)
+    twins = ["s3-left", "s3-right"]
+    cluster.apply(
+        ns, *(sources_job(name, s3, "s3-good", location, digest) for name in twins),
+        sources_job("s3-denied", s3, "s3-wrong", location, digest),
+    )  # fmt: skip
+    denied, _ = wait_phase(cluster, ns, "s3-denied", {"Failed"}, 600)
+    failure = condition(denied, "Failed")
+    if failure.get("reason") != "FetchFailed" or "403" not in failure.get("message", ""):
+        raise ScenarioError(f"the wrong key did not fail the fetch with a 403: {failure}")
+    phases: dict[str, list[str]] = {}
+    for name in twins:
+        _, seen = wait_phase(cluster, ns, name, {"Succeeded"}, 1800)
+        phases[name] = [phase for i, (phase, _) in enumerate(seen)
+                        if phase and (i == 0 or seen[i - 1][0] != phase)]  # fmt: skip
+        order = [p for p in phases[name] if p in ("Fetching", "Training", "Publishing")]
+        if order != ["Fetching", "Training", "Publishing"]:
+            raise ScenarioError(f"{name}: phases {phases[name]}")
+    models = cluster.get("cachedmodels", "-n", ns).get("items") or []
+    downloads = [j["metadata"]["name"] for j in cluster.get("jobs", "-n", ns).get("items") or []
+                 if j["metadata"]["name"].endswith("-download")]  # fmt: skip
+    if len(models) != 1 or len(downloads) != 1:
+        raise ScenarioError(f"one base, but CachedModels {models} and downloads {downloads}")
+    cached = models[0]["status"]
+    if cached.get("phase") != "Ready" or not cached.get("bytes"):
+        raise ScenarioError(f"the CachedModel is not Ready with its size: {cached}")
+    outputs = cluster.status(ns, twins[0]).get("outputs") or {}
+    prefix = f"published/{twins[0]}/"
+    keys = s3.keys(SOURCES_BUCKET, prefix)
+    if not outputs.get("mergedModel") or not any(k.endswith("config.json") for k in keys):
+        raise ScenarioError(f"nothing published: status.outputs {outputs}, objects {keys}")
+    return {
+        "seconds": round(time.monotonic() - started),
+        "phases": phases[twins[0]],
+        "deniedMessage": failure["message"],
+        "cachedModel": {k: cached.get(k) for k in ("phase", "size", "files")},
+        "downloads": len(downloads),
+        "publishedObjects": len(keys),
+        "outputs": outputs,
+    }
 
 
 SCENARIOS: dict[str, Callable[[Cluster, str, Images], dict[str, Any]]] = {

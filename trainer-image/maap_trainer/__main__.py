@@ -1,6 +1,7 @@
 """Data-plane entrypoint, the same in a pod and under `maap run`.
 
-    python -m maap_trainer fetch         --config config.json [--model-only]
+    python -m maap_trainer fetch         --config config.json [--data-only]
+    python -m maap_trainer fetch-model   --config cachedmodel-spec.json
     python -m maap_trainer prepare-model --config config.json
     python -m maap_trainer train         --config config.json
     python -m maap_trainer export        --config config.json
@@ -30,7 +31,7 @@ from maap_api.errors import (
     UserError,
     write_termination_message,
 )
-from maap_api.stage_config import TrainerConfig, load_trainer_config
+from maap_api.stage_config import load_trainer_config
 
 from maap_trainer.serve.launch import add_serve_arguments
 
@@ -46,9 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     fetch = sub.add_parser("fetch", help="download and check the data set and the base model")
     fetch.add_argument("--config", type=Path, required=True)
     fetch.add_argument(
-        "--model-only",
+        "--data-only",
         action="store_true",
-        help="only the base model, into the model cache; prints its CachedModelInfo",
+        help="only the data set: the shared model cache's download Job brings the model",
+    )
+    fetch_model = sub.add_parser("fetch-model", help="one base model into the model cache")
+    fetch_model.add_argument(
+        "--config", type=Path, required=True, help="a CachedModel's spec (model, s3, hub)"
     )
     add_serve_arguments(sub.add_parser("serve"))
     convert = sub.add_parser("export-adapter", help="LoRA adapter -> .onnx_adapter for a base")
@@ -73,9 +78,16 @@ def _run(args: argparse.Namespace) -> None:
         )
         print(json.dumps(report))
         return
+    if args.stage == "fetch-model":
+        _run_fetch_model(args.config)
+        return
     cfg = load_trainer_config(args.config)
     if args.stage == "fetch":
-        _run_fetch(cfg, args.model_only)
+        from maap_api.results import result_json
+
+        from maap_trainer.fetch.stage import run_fetch
+
+        print(json.dumps(result_json(run_fetch(cfg, args.data_only))))
     elif args.stage == "publish":
         from maap_api.results import result_json
 
@@ -99,16 +111,25 @@ def _run(args: argparse.Namespace) -> None:
         print(json.dumps(run_export(cfg)))
 
 
-def _run_fetch(cfg: TrainerConfig, model_only: bool) -> None:
+def _run_fetch_model(config: Path) -> None:
+    from maap_api.cachedmodel import CachedModelSpec
+    from maap_api.errors import ConfigError
+    from maap_api.field_errors import format_validation_error
     from maap_api.results import result_json
+    from pydantic import ValidationError
 
-    from maap_trainer.fetch.stage import run_fetch
+    from maap_trainer.fetch.stage import run_fetch_model
 
-    document = json.dumps(result_json(run_fetch(cfg, model_only)))
+    try:
+        spec = CachedModelSpec.model_validate_json(config.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {config}: {exc.strerror}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"{config}: {format_validation_error(exc, CachedModelSpec)}") from None
+    document = json.dumps(result_json(run_fetch_model(spec)))
     print(document)
-    if model_only:
-        # The download Job's pod status carries the CachedModelInfo to the operator.
-        write_termination_message(document)
+    # The download Job's pod status carries the CachedModelInfo to the operator.
+    write_termination_message(document)
 
 
 def _report_to_launcher(message: str) -> None:

