@@ -189,6 +189,7 @@ def test_pipeline_decisions() -> None:
     j = job()
     assert decide(j, Observed()).create == ["fetch"]
     assert decide(j, Observed(fetch=JobState(active=1))).phase == "Fetching"
+    assert decide(j, Observed(fetch=JobState(suspended=True))).phase == "Suspended"
     bad_row = decide(j, Observed(fetch=JobState(failed=True, message="data.jsonl:3: bad row")))
     assert (bad_row.phase, bad_row.create) == ("Failed", [])
     assert (

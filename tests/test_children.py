@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from maap import builders
-from maap.children import covers, job_suspend_patch, plan
+from maap.children import covers, plan, suspend_patches
 from maap.manifest import parse_manifest
 from maap.objectmeta import Names
 from maap.observe import failure_message, observe, served_auth_secret, served_endpoint
@@ -101,13 +101,16 @@ def test_serving_switched_off_deletes_the_server() -> None:
     assert [(w.verb, w.kind, w.name) for w in writes] == [("delete", "Deployment", "demo-server")]
 
 
-def test_suspend_is_patched_only_on_a_running_job_that_differs() -> None:
+def test_suspend_is_patched_only_on_unfinished_jobs_that_differ() -> None:
+    done = {"conditions": [{"type": "Complete", "status": "True"}]}
+    fetch = {"spec": {"suspend": True}, "status": {}}
     train = {"spec": {"suspend": False}, "status": {}}
-    seen = Children(jobs={"demo-train": train})
-    assert job_suspend_patch(job(suspend=True), seen) is True
-    assert job_suspend_patch(job(), seen) is None
-    train["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
-    assert job_suspend_patch(job(suspend=True), seen) is None
+    seen = Children(jobs={"demo-fetch": fetch, "demo-train": train})
+    assert suspend_patches(job(suspend=True), seen) == [("demo-train", True)]
+    assert suspend_patches(job(), seen) == [("demo-fetch", False)]
+    fetch["status"] = train["status"] = done
+    assert suspend_patches(job(suspend=True), seen) == []
+    assert suspend_patches(job(), Children()) == []
 
 
 def _deployment(auth: bool, updated: int, replicas: int = 1) -> dict[str, Any]:

@@ -73,6 +73,8 @@ def test_the_models_are_copied_under_the_prefix_and_read_back(
     )
     on_disk = json.loads((tmp_path / "out" / "publish.json").read_text())
     assert PublishResult.model_validate(on_disk) == result
+    # The pod's termination message carries the URIs to the operator (status.outputs).
+    assert PublishResult.model_validate_json(run.termination_message) == result
 
     published = s3_server.list(bucket, f"runs/{JOB}/")
     expected = sorted(

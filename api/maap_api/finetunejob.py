@@ -26,6 +26,7 @@ from maap_api.stage_config import (
     TrainingSpec,
 )
 from maap_api.storage_access import HubAccess, OutputSpec, S3Access
+from maap_api.transfer_results import PublishResult
 
 GROUP = "maap.dev"
 # The serving pod's environment variable holding the clients' bearer token: the operator
@@ -246,6 +247,9 @@ class FineTuneJobStatus(CamelModel):
     )
     export: ExportSummary | None = Field(
         default=None, description="The export stage's figures: size, build time, parity gate."
+    )
+    outputs: PublishResult | None = Field(
+        default=None, description="Where the publish stage copied the models (spec.output)."
     )
     endpoint: str | None = None
     auth_secret: str | None = Field(

@@ -127,17 +127,21 @@ def plan(
     return writes
 
 
-def job_suspend_patch(job: FineTuneJob, seen: Children) -> bool | None:
-    """spec.suspend for the running training Job, if it differs from the FineTuneJob's."""
-    train = seen.jobs.get(Names(job.metadata.name).train)
-    if train is None:
-        return None
-    status = train.get("status") or {}
-    done = any(
-        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
-    suspended = bool((train.get("spec") or {}).get("suspend"))
-    if done or suspended == job.spec.suspend:
-        return None
-    return job.spec.suspend
+def suspend_patches(job: FineTuneJob, seen: Children) -> list[tuple[str, bool]]:
+    """(Job name, spec.suspend) for each unfinished stage Job that spec.suspend can pause
+    (fetch, train) whose suspend differs from the FineTuneJob's."""
+    names = Names(job.metadata.name)
+    patches = []
+    for name in (names.fetch, names.train):
+        stage = seen.jobs.get(name)
+        if stage is None:
+            continue
+        status = stage.get("status") or {}
+        done = any(
+            c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        suspended = bool((stage.get("spec") or {}).get("suspend"))
+        if not done and suspended != job.spec.suspend:
+            patches.append((name, job.spec.suspend))
+    return patches

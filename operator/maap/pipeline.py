@@ -289,6 +289,11 @@ def _fetching(seen: Observed, out: Out) -> Decision | ConditionUpdate:
             ConditionUpdate("Failed", "True", "ModelFetchFailed", message),
         )
     if not fetch.succeeded:
+        if fetch.suspended:
+            return out(
+                "Suspended",
+                ConditionUpdate("Fetched", "False", "Suspended", "spec.suspend is true"),
+            )
         if fetch.blocker is not None:
             return out("Pending", blocked("Fetched", fetch.blocker))
         if fetch.active == 0:

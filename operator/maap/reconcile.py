@@ -103,7 +103,8 @@ def published_outputs(seen: children.Children, names: Names) -> dict[str, Any] |
     report = success_report(seen.pods_matching({"job-name": names.publish}))
     if report is None:
         return None
-    keys = ("mergedModel", "onnxModel", "adapter", "onnxAdapter", "files", "bytes")
+    keys = ("mergedModel", "onnxModel", "adapter", "onnxBaseModel", "onnxAdapter", "files",
+            "bytes")  # fmt: skip
     return {key: report[key] for key in keys if report.get(key) is not None} or None
 
 
@@ -153,9 +154,8 @@ def reconcile(
             created.add(write.name)
         else:
             k.delete(namespace, write.kind, write.name)
-    suspend = children.job_suspend_patch(job, seen)
-    if suspend is not None:
-        k.patch_job_suspend(namespace, names.train, suspend)
+    for job_name, suspend in children.suspend_patches(job, seen):
+        k.patch_job_suspend(namespace, job_name, suspend)
 
     extra: dict[str, Any] = {
         "artifacts": {"location": f"pvc://{claim_name(job)}{OUTPUT_DIR}"},

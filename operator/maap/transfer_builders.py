@@ -106,7 +106,10 @@ def build_fetch_job(job: FineTuneJob, uid: str, settings: OperatorSettings) -> d
     """Fetch and validate the data set (and the base model, when there is no shared cache:
     with one, the CachedModel's download Job brings it)."""
     command = fetch_command(CONFIG_PATH, data_only=uses_model_cache(job, settings))
-    return _transfer_job(job, uid, settings, "fetch", Names(job.metadata.name).fetch, command)
+    fetch = _transfer_job(job, uid, settings, "fetch", Names(job.metadata.name).fetch, command)
+    # Nothing of a suspended job runs (a queue such as Kueue admits jobs by lifting it).
+    fetch["spec"]["suspend"] = job.spec.suspend
+    return fetch
 
 
 def build_publish_job(job: FineTuneJob, uid: str, settings: OperatorSettings) -> dict[str, Any]:

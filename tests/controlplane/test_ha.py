@@ -204,7 +204,7 @@ def test_killed_active_replica_is_replaced_and_the_job_finishes_once(
         complete(cluster, exporter)
         cluster.wait_phase("ha", "Serving", timeout=90)
         assert children(cluster, "ha") == {
-            "jobs": ["ha-export", "ha-train"],
+            "jobs": ["ha-export", "ha-fetch", "ha-train"],
             "deployments": ["ha-server"],
             "trainer pods": [trainer.metadata.name],
             "exporter pods": [exporter.metadata.name],
@@ -232,7 +232,7 @@ def test_standby_does_nothing_and_a_clean_exit_hands_over_at_once(
     )
     cluster.wait_phase("once", "Succeeded", timeout=120)
     expected = {
-        "jobs": ["once-export", "once-train"],
+        "jobs": ["once-export", "once-fetch", "once-train"],
         "deployments": [],
         "trainer pods": [p.metadata.name for p in pods(cluster, "once", "trainer")],
         "exporter pods": [p.metadata.name for p in pods(cluster, "once", "exporter")],

@@ -461,8 +461,11 @@ def test_api_server_rejects_bad_manifests_with_field_errors(cluster: Cluster) ->
 def test_training_inputs_are_immutable_and_suspend_pauses(cluster: Cluster) -> None:
     cluster.create(finetunejob("paused", "sc-suspend", suspend=True))
     cluster.wait_phase("paused", "Suspended", timeout=60)
-    job = cluster.read_job("paused-train")
+    # Nothing runs while suspended (a queue such as Kueue admits jobs by lifting it): the
+    # first stage waits suspended, and training is not created yet.
+    job = cluster.read_job("paused-fetch")
     assert job.spec.suspend is True
+    assert cluster.read_job("paused-train") is None
     assert not cluster.core.list_namespaced_pod(cluster.namespace).items
 
     with pytest.raises(ApiException) as err:
@@ -477,7 +480,7 @@ def test_training_inputs_are_immutable_and_suspend_pauses(cluster: Cluster) -> N
     )
     wait_until(
         "the Job to resume",
-        lambda: cluster.read_job("paused-train").spec.suspend is False, 30, cluster.op,
+        lambda: cluster.read_job("paused-fetch").spec.suspend is False, 30, cluster.op,
     )  # fmt: skip
     cluster.wait_phase("paused", "Serving", timeout=120)
 
@@ -675,7 +678,7 @@ def test_namespaces_are_isolated_and_metrics_and_liveness_are_served(
     for cluster in (first, second):
         jobs = cluster.batch.list_namespaced_job(cluster.namespace).items
         uid = cluster.get("twin")["metadata"]["uid"]
-        assert sorted(j.metadata.name for j in jobs) == ["twin-export", "twin-train"]
+        assert sorted(j.metadata.name for j in jobs) == ["twin-export", "twin-fetch", "twin-train"]
         assert all(j.metadata.owner_references[0].uid == uid for j in jobs)
 
     # Parsed as Prometheus does; each twin's own series must say Succeeded (every phase's
@@ -738,14 +741,15 @@ def test_pods_refused_at_creation_show_in_a_condition_and_a_warning(cluster: Clu
         {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}},
     )
     cluster.create(finetunejob("refused", "sc-refused"))
-    training = wait_until(
-        "a Training condition saying why no pod runs",
+    # The first stage's pod (the fetch Job's) is the one refused.
+    fetched = wait_until(
+        "a Fetched condition saying why no pod runs",
         lambda: (c := next((c for c in cluster.status("refused").get("conditions", [])
-                            if c["type"] == "Training"), None))
+                            if c["type"] == "Fetched"), None))
         and c["reason"] == "PodCreationFailed" and c,
         90, cluster.op,
     )  # fmt: skip
-    assert "exceeded quota" in training["message"], training
+    assert "exceeded quota" in fetched["message"], fetched
     assert cluster.status("refused")["phase"] == "Pending"
     assert ("Warning", "PodCreationFailed") in cluster.events("refused")
     # Lifting the quota lets the Job's retry create the pod; the condition moves on.

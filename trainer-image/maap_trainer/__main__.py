@@ -93,7 +93,10 @@ def _run(args: argparse.Namespace) -> None:
 
         from maap_trainer.fetch.publish import run_publish
 
-        print(json.dumps(result_json(run_publish(cfg))))
+        document = json.dumps(result_json(run_publish(cfg)))
+        print(document)
+        # The publish pod's status carries the URIs to the operator (status.outputs).
+        write_termination_message(document)
     elif args.stage == "prepare-model":
         from maap_trainer.model_prep import prepare_base_model
 
