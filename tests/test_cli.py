@@ -208,3 +208,19 @@ def test_maap_serve_of_a_run_output_serves_with_its_auth_and_limits(
     finally:
         child.terminate()
         child.wait(timeout=60)
+
+
+def test_locations_with_brackets_are_printed_as_written(tmp_path) -> None:
+    """User text is never read as console markup (hf://org/name[@revision] was eaten)."""
+    import yaml
+    from maap.cli import app
+    from typer.testing import CliRunner
+
+    from tests.test_api import MINIMAL
+
+    spec = {**MINIMAL["spec"], "dataset": {"path": "ftp://host/[x]/data.jsonl"}}
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump({**MINIMAL, "spec": spec}))
+    result = CliRunner().invoke(app, ["validate", str(manifest)])
+    assert result.exit_code == 2, result.output
+    assert "hf://datasets/org/name[@revision][/file]" in " ".join(result.stderr.split())

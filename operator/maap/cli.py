@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from maap_api.errors import UserError
 from rich.console import Console
+from rich.markup import escape
 
 from maap.crd import render_crd
 from maap.manifest import ManifestError, load_manifest
@@ -29,7 +30,8 @@ EXIT_USER_ERROR = 2
 
 
 def fail(message: str) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
+    # User text (paths, URIs like hf://org/name[@revision]) is never read as markup.
+    errors.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
     return typer.Exit(EXIT_USER_ERROR)
 
 
@@ -66,8 +68,11 @@ def run(
     except (ManifestError, UserError) as exc:
         raise fail(str(exc)) from None
     console.print(
-        f"[bold]{job.metadata.name}[/]: {cfg.method.type} on {cfg.model.display_name}, "
-        f"data {cfg.dataset.path}, artifacts in {cfg.output_dir}"
+        f"[bold]{job.metadata.name}[/]: "
+        + escape(
+            f"{cfg.method.type} on {cfg.model.display_name}, data {cfg.dataset.path}, "
+            f"artifacts in {cfg.output_dir}"
+        )
     )
     try:
         runner.run_pipeline()
@@ -84,6 +89,8 @@ def run(
 @app.command()
 def validate(manifest: Annotated[Path, typer.Argument(help="FineTuneJob YAML.")]) -> None:
     """Check a manifest (and its local data set) without running anything."""
+    from maap_api.sources import is_uri
+
     from maap.local.runner import LocalRunner, resolve_trainer_config
 
     try:
@@ -93,11 +100,15 @@ def validate(manifest: Annotated[Path, typer.Argument(help="FineTuneJob YAML.")]
     except ManifestError as exc:
         # One line per problem, each naming its field (`job.yaml: spec.method.type: ...`).
         for line in exc.lines()[:-1]:
-            errors.print(f"[bold red]error:[/] {line}", soft_wrap=True, highlight=False)
+            errors.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True, highlight=False)
         raise fail(exc.lines()[-1]) from None
     except UserError as exc:
         raise fail(str(exc)) from None
-    console.print(f"{manifest}: FineTuneJob {job.metadata.name} is valid")
+    remote = [
+        loc for loc in (job.spec.dataset.path, job.spec.dataset.eval_path) if loc and is_uri(loc)
+    ]
+    note = f" (the fetch stage checks the rows of {', '.join(remote)})" if remote else ""
+    console.print(escape(f"{manifest}: FineTuneJob {job.metadata.name} is valid{note}"))
 
 
 @app.command()

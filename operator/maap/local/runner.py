@@ -38,6 +38,7 @@ from maap_trainer.outdirs import directory_size
 from maap_trainer.progress import read_progress
 from maap_trainer.train.data import load_examples
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -175,7 +176,7 @@ class LocalRunner:
             log_path.open("w", encoding="utf-8") as log,
             Progress(*columns, console=self.console, transient=False) as bar,
         ):
-            task = bar.add_task(title, total=None, detail="")
+            task = bar.add_task(escape(title), total=None, detail="")
             child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
             try:
                 while child.poll() is None:
@@ -290,7 +291,7 @@ class LocalRunner:
         for name, value in rows:
             table.add_row(name, value)
         for timing in self.report.timings:
-            table.add_row(f"time: {timing.name}", f"{timing.seconds:.1f} s")
+            table.add_row(escape(f"time: {timing.name}"), f"{timing.seconds:.1f} s")
         self.console.print(table)
         # Paths go outside the table, unwrapped, so they can be copied whole.
         published = self.report.publish
@@ -298,13 +299,13 @@ class LocalRunner:
             for name, uri in (("merged", published.merged_model), ("onnx", published.onnx_model),
                               ("adapter", published.adapter)):  # fmt: skip
                 if uri:
-                    self.console.print(f"{'to ' + name:>10}: {uri}", soft_wrap=True,
+                    self.console.print(escape(f"{'to ' + name:>10}: {uri}"), soft_wrap=True,
                                        highlight=False)  # fmt: skip
         for name in ("adapter", "merged", "onnx", "onnx-base", "adapters"):
             path = self.output_dir / name
             if path.is_dir():
                 self.console.print(
-                    f"{name:>8}: {path} ({human_size(directory_size(path))})",
+                    escape(f"{name:>8}: {path} ({human_size(directory_size(path))})"),
                     soft_wrap=True,
                     highlight=False,
                 )
