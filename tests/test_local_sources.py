@@ -17,15 +17,15 @@ from tests.conftest import EXAMPLE_MANIFEST, PIRATE_DATA
 pytestmark = pytest.mark.slow
 
 
-def manifest(tmp_path: Path, s3_server, bucket: str, sha256: str) -> Path:
+def manifest(tmp_path: Path, s3_server, bucket: str, sha256: str, key: str) -> Path:
     doc = yaml.safe_load(EXAMPLE_MANIFEST.read_text())
     doc["metadata"]["name"] = "pirate-s3"
-    doc["spec"]["dataset"] = {"path": f"s3://{bucket}/pirate/train.jsonl", "sha256": sha256}
+    doc["spec"]["dataset"] = {"path": f"s3://{bucket}/{key}", "sha256": sha256}
     doc["spec"]["training"].update(maxSteps=2, batchSize=4, loggingSteps=1)
     doc["spec"]["export"] = {"enabled": False}
     doc["spec"]["output"] = {"path": f"s3://{bucket}/published/"}
     doc["spec"]["s3"] = {"endpoint": s3_server.endpoint}
-    path = tmp_path / "job.yaml"
+    path = tmp_path / f"{key.replace('/', '-')}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -45,7 +45,8 @@ def test_maap_run_reads_s3_and_publishes_to_s3(tmp_path: Path, s3_server, base_m
     bucket = "local-run"
     s3_server.create_bucket(bucket)
     s3_server.put(bucket, "pirate/train.jsonl", data)
-    job = manifest(tmp_path, s3_server, bucket, hashlib.sha256(data).hexdigest())
+    digest = hashlib.sha256(data).hexdigest()
+    job = manifest(tmp_path, s3_server, bucket, digest, "pirate/train.jsonl")
     # The cache holds the converted base model already (base_model_dir): no conversion.
     cache = Path(base_model_dir).parent.parent
     done = maap_run(job, tmp_path / "out", s3_server.access_key, s3_server.secret_key, cache)
@@ -59,7 +60,10 @@ def test_maap_run_reads_s3_and_publishes_to_s3(tmp_path: Path, s3_server, base_m
     assert "published/adapter/adapter_config.json" in published
     assert f"s3://{bucket}/published/merged/" in summary
 
-    # The same job with a wrong secret: one line with the server's 403, no training.
+    # A wrong secret: one line with the server's 403, no training. (Another object: the
+    # first one's verified copy is in the cache, and its sha256 makes a new request moot.)
+    s3_server.put(bucket, "pirate/copy.jsonl", data)
+    job = manifest(tmp_path, s3_server, bucket, digest, "pirate/copy.jsonl")
     denied = maap_run(job, tmp_path / "denied", s3_server.access_key, "wrong", cache)
     assert denied.returncode != 0
     message = " ".join((denied.stdout + denied.stderr).split())

@@ -13,9 +13,8 @@ from maap_api.cachedmodel import (
     CachedModelSpec,
     CachedModelStatus,
 )
-from maap_api.finetunejob import GROUP, VERSION
 
-from maap.crd import section_schema
+from maap.crd import crd_document, section_schema
 
 PRINTER_COLUMNS = [
     {"name": "Preset", "type": "string", "jsonPath": ".spec.model.preset"},
@@ -40,36 +39,7 @@ def build_cached_model_crd() -> dict[str, Any]:
             "status": section_schema(CachedModelStatus, defaults=False),
         },
     }
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{PLURAL}.{GROUP}",
-            "labels": {"app.kubernetes.io/name": "maap", "app.kubernetes.io/part-of": "maap"},
-        },
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": SHORT_NAMES,
-                "categories": ["maap"],
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
-                    "schema": {"openAPIV3Schema": schema},
-                }
-            ],
-        },
-    }
+    return crd_document(KIND, PLURAL, SINGULAR, SHORT_NAMES, PRINTER_COLUMNS, schema)
 
 
 def render_cached_model_crd() -> str:
