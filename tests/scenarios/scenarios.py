@@ -336,10 +336,11 @@ def scenario_blockers(cluster: Cluster, ns: str, images: Images) -> dict[str, An
         job = example_job(name, f"{name}-data", **spec)
         del job["spec"]["storage"]  # the job's own claim: it binds once a pod is scheduled
         cluster.apply(ns, job)
+        # The first stage's pod (the fetch Job's) is the one that cannot run.
         got = wait_for(
-            f"{name}: Training condition {reason}",
+            f"{name}: Fetched condition {reason}",
             lambda n=name, r=reason: (
-                (c := condition(cluster.status(ns, n), "Training")).get("reason") == r and c
+                (c := condition(cluster.status(ns, n), "Fetched")).get("reason") == r and c
             ),
             120,
         )
@@ -431,11 +432,21 @@ def scenario_sources(cluster: Cluster, ns: str, images: Images, s3: S3Store) -> 
     failure = condition(denied, "Failed")
     if failure.get("reason") != "FetchFailed" or "403" not in failure.get("message", ""):
         raise ScenarioError(f"the wrong key did not fail the fetch with a 403: {failure}")
-    phases: dict[str, list[str]] = {}
+    # Both at once (they run side by side): every phase each shows, until both are done.
+    phases: dict[str, list[str]] = {name: [] for name in twins}
+
+    def both_done() -> bool:
+        for name in twins:
+            phase = cluster.status(ns, name).get("phase", "")
+            if phase == "Failed":
+                raise ScenarioError(f"{name} Failed: {cluster.status(ns, name)}")
+            if phase and (not phases[name] or phases[name][-1] != phase):
+                phases[name].append(phase)
+                say(f"{name}: {phase}")
+        return all(p and p[-1] == "Succeeded" for p in phases.values())
+
+    wait_for("both jobs to succeed", both_done, 1800, 1)
     for name in twins:
-        _, seen = wait_phase(cluster, ns, name, {"Succeeded"}, 1800)
-        phases[name] = [phase for i, (phase, _) in enumerate(seen)
-                        if phase and (i == 0 or seen[i - 1][0] != phase)]  # fmt: skip
         order = [p for p in phases[name] if p in ("Fetching", "Training", "Publishing")]
         if order != ["Fetching", "Training", "Publishing"]:
             raise ScenarioError(f"{name}: phases {phases[name]}")
