@@ -1,13 +1,13 @@
 """The rule table's entries for locations: which forms each location field accepts.
 
-Part of maap_api.rules.RULES (appended there); the patterns come from maap_api.sources.
+Part of maap_api.rules.RULES; the patterns come from maap_api.sources.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from maap_api.rules import Rule
+from maap_api.rule import Rule
 from maap_api.sources import (
     DATASET_FORMS,
     DATASET_PATTERNS,
