@@ -9,7 +9,6 @@ always a whole, checked one. A sidecar beside it records what was checked, so a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from maap_api.sources import Location, fetched_dataset_path, parse_location
 from maap_api.stage_config import TrainerConfig
 from maap_api.transfer_results import FetchedFile
 
+from maap_trainer.fetch.checks import check_sha256, sha256_of, validate_rows
 from maap_trainer.fetch.errors import fetch_error
 from maap_trainer.fetch.meter import human_bytes
 
@@ -31,38 +31,6 @@ log = logging.getLogger("maap.fetch")
 SIDECAR_SUFFIX = ".fetched.json"
 PARTIAL_SUFFIX = ".partial"
 Report = Callable[[str], None]
-
-
-def sha256_of(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
-def validate_rows(field: str, path: Path, fmt: str, shown: str) -> tuple[int, str]:
-    """Every row through the validator; errors name `shown` (the URI) and the line."""
-    from maap_trainer.train.data import load_examples
-
-    try:
-        examples, detected = load_examples(path, fmt)
-    except DatasetError as exc:
-        message = str(exc).replace(str(path), shown).removeprefix("dataset.path: ")
-        raise DatasetError(f"{field}: {message}") from None
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{field}: {shown}: not UTF-8 text (at byte {exc.start})") from None
-    except OSError as exc:
-        raise DatasetError(f"{field}: {shown}: cannot read it ({exc.strerror})") from None
-    return len(examples), detected
-
-
-def check_sha256(sha_field: str, shown: str, expected: str | None, actual: str) -> None:
-    if expected is not None and actual != expected.lower():
-        raise fetch_error(
-            sha_field, shown, f"checksum mismatch (expected {expected}, got {actual})"
-        )
 
 
 def fetch_dataset(

@@ -17,7 +17,7 @@ from maap_api.sources import Location
 from maap_api.stage_config import TrainerConfig
 
 from maap_trainer.fetch import hub
-from maap_trainer.fetch.datasets import validate_rows
+from maap_trainer.fetch.checks import validate_rows
 from maap_trainer.fetch.errors import fetch_error
 
 log = logging.getLogger("maap.fetch")
