@@ -146,6 +146,69 @@ class Decision:
     conditions: list[ConditionUpdate] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class StageJob:
+    """How one stage Job shows in status: its condition, phases and messages."""
+
+    stage: Stage
+    condition: str  # Fetched, Training, Exported, Published
+    noun: str  # "the <noun> Job", "the <noun> pod"
+    phase: str  # while it runs
+    running: ConditionUpdate
+    failed_reason: str
+    # fetch and train: Pending until their pods run (blocked, or none yet).
+    pending_until_running: bool = False
+
+
+def _stage_job(
+    view: StageJob,
+    state: JobState | None,
+    out: Out,
+    done: list[ConditionUpdate],
+    create: list[Stage] | None = None,
+) -> Decision | None:
+    """The Decision while a stage Job is missing, failed, suspended, blocked or running;
+    None once it has succeeded."""
+    if state is None:
+        creating = ConditionUpdate(
+            view.condition, "False", "Creating", f"creating the {view.noun} Job"
+        )
+        phase = "Pending" if view.pending_until_running else view.phase
+        return out(phase, *done, creating, create=create or [view.stage])
+    if state.failed:
+        message = state.message or state.reason or f"the {view.noun} Job failed"
+        return out(
+            "Failed",
+            *done,
+            ConditionUpdate(view.condition, "False", "Failed", message),
+            ConditionUpdate("Failed", "True", view.failed_reason, message),
+        )
+    if state.succeeded:
+        return None
+    if state.suspended:
+        suspended = ConditionUpdate(view.condition, "False", "Suspended", "spec.suspend is true")
+        return out("Suspended", *done, suspended)
+    waiting_phase = "Pending" if view.pending_until_running else view.phase
+    if state.blocker is not None:
+        return out(waiting_phase, *done, blocked(view.condition, state.blocker))
+    if view.pending_until_running and state.active == 0:
+        waiting = f"waiting for the {view.noun} pod"
+        return out("Pending", *done, ConditionUpdate(view.condition, "False", "Waiting", waiting))
+    return out(view.phase, *done, view.running)
+
+
+FETCH = StageJob(
+    "fetch", "Fetched", "fetch", "Fetching",
+    ConditionUpdate("Fetched", "False", "Running", "fetching and validating the data"),
+    "FetchFailed", pending_until_running=True,
+)  # fmt: skip
+TRAIN = StageJob(
+    "train", "Training", "training", "Training",
+    ConditionUpdate("Training", "True", "Running", "training is running"),
+    "TrainingFailed", pending_until_running=True,
+)  # fmt: skip
+
+
 def decide(job: FineTuneJob, seen: Observed) -> Decision:
     spec = job.spec
     conditions = [ConditionUpdate("Validated", "True", "SpecValid", "the spec is valid")]
@@ -157,68 +220,21 @@ def decide(job: FineTuneJob, seen: Observed) -> Decision:
     if isinstance(fetched, Decision):
         return fetched
     conditions.append(fetched)
-    if seen.train is None:
-        return out(
-            "Pending",
-            ConditionUpdate("Training", "False", "Creating", "creating the training Job"),
-            create=["train"],
-        )
-    train = seen.train
-    if train.failed:
-        message = train.message or train.reason or "the training Job failed"
-        return out(
-            "Failed",
-            ConditionUpdate("Training", "False", "Failed", message),
-            ConditionUpdate("Failed", "True", "TrainingFailed", message),
-        )
-    if not train.succeeded:
-        if train.suspended:
-            return out(
-                "Suspended",
-                ConditionUpdate("Training", "False", "Suspended", "spec.suspend is true"),
-            )
-        if train.blocker is not None:
-            return out("Pending", blocked("Training", train.blocker))
-        if train.active == 0:
-            return out(
-                "Pending",
-                ConditionUpdate("Training", "False", "Waiting", "waiting for the training pod"),
-            )
-        return out(
-            "Training", ConditionUpdate("Training", "True", "Running", "training is running")
-        )
+    if (step := _stage_job(TRAIN, seen.train, out, [])) is not None:
+        return step
     trained = [
         ConditionUpdate("Training", "False", "Completed", "training finished"),
         ConditionUpdate("Trained", "True", "Completed", "the fine-tuned model is saved"),
     ]
     if not spec.export.enabled:
         return _published(job, seen, out, trained) or out("Succeeded", *trained)
-    if seen.export is None:
-        return out(
-            "Exporting",
-            *trained,
-            ConditionUpdate("Exported", "False", "Creating", "creating the export Job"),
-            create=["export"],
-        )
-    export = seen.export
-    if export.failed:
-        message = export.message or export.reason or "the export Job failed"
-        return out(
-            "Failed",
-            *trained,
-            ConditionUpdate("Exported", "False", "Failed", message),
-            ConditionUpdate("Failed", "True", "ExportFailed", message),
-        )
-    if not export.succeeded:
-        if export.blocker is not None:
-            return out("Exporting", *trained, blocked("Exported", export.blocker))
-        return out(
-            "Exporting",
-            *trained,
-            ConditionUpdate(
-                "Exported", "False", "Running", f"exporting ONNX {spec.export.precision}"
-            ),
-        )
+    export = StageJob(
+        "export", "Exported", "export", "Exporting",
+        ConditionUpdate("Exported", "False", "Running", f"exporting ONNX {spec.export.precision}"),
+        "ExportFailed",
+    )  # fmt: skip
+    if (step := _stage_job(export, seen.export, out, trained)) is not None:
+        return step
     exported = [
         *trained,
         ConditionUpdate("Exported", "True", "Completed", f"ONNX {spec.export.precision} exported"),
@@ -267,44 +283,16 @@ def _fetching(seen: Observed, out: Out) -> Decision | ConditionUpdate:
     """The fetch Job and, with a shared cache, the CachedModel: a Decision while either is
     not done (or failed), else the Fetched condition to carry on with."""
     cache = seen.cache
-    if seen.fetch is None:
-        return out(
-            "Pending",
-            ConditionUpdate("Fetched", "False", "Creating", "creating the fetch Job"),
-            create=["fetch", "cache"] if seen.uses_cache else ["fetch"],
-        )
-    fetch = seen.fetch
-    if fetch.failed:
-        message = fetch.message or fetch.reason or "the fetch Job failed"
-        return out(
-            "Failed",
-            ConditionUpdate("Fetched", "False", "Failed", message),
-            ConditionUpdate("Failed", "True", "FetchFailed", message),
-        )
-    if cache is not None and cache.failed:
+    if cache is not None and cache.failed and seen.fetch is not None and not seen.fetch.failed:
         message = f"base model (CachedModel {cache.name}): {cache.message or 'download failed'}"
         return out(
             "Failed",
             ConditionUpdate("Fetched", "False", "ModelFetchFailed", message),
             ConditionUpdate("Failed", "True", "ModelFetchFailed", message),
         )
-    if not fetch.succeeded:
-        if fetch.suspended:
-            return out(
-                "Suspended",
-                ConditionUpdate("Fetched", "False", "Suspended", "spec.suspend is true"),
-            )
-        if fetch.blocker is not None:
-            return out("Pending", blocked("Fetched", fetch.blocker))
-        if fetch.active == 0:
-            return out(
-                "Pending",
-                ConditionUpdate("Fetched", "False", "Waiting", "waiting for the fetch pod"),
-            )
-        return out(
-            "Fetching",
-            ConditionUpdate("Fetched", "False", "Running", "fetching and validating the data"),
-        )
+    create: list[Stage] = ["fetch", "cache"] if seen.uses_cache else ["fetch"]
+    if (step := _stage_job(FETCH, seen.fetch, out, [], create)) is not None:
+        return step
     if seen.uses_cache and (cache is None or not cache.ready):
         phase = cache.phase if cache is not None and cache.phase else "Pending"
         name = cache.name if cache is not None else "the base model"
@@ -329,30 +317,13 @@ def _published(
     """With spec.output: a Decision until the publish Job has succeeded, else None."""
     if not job.spec.output.enabled:
         return None
-    publish = seen.publish
-    if publish is None:
-        return out(
-            "Publishing",
-            *done,
-            ConditionUpdate("Published", "False", "Creating", "creating the publish Job"),
-            create=["publish"],
-        )
-    if publish.failed:
-        message = publish.message or publish.reason or "the publish Job failed"
-        return out(
-            "Failed",
-            *done,
-            ConditionUpdate("Published", "False", "Failed", message),
-            ConditionUpdate("Failed", "True", "PublishFailed", message),
-        )
-    if not publish.succeeded:
-        if publish.blocker is not None:
-            return out("Publishing", *done, blocked("Published", publish.blocker))
-        return out(
-            "Publishing",
-            *done,
-            ConditionUpdate("Published", "False", "Running", f"copying to {job.spec.output.path}"),
-        )
+    view = StageJob(
+        "publish", "Published", "publish", "Publishing",
+        ConditionUpdate("Published", "False", "Running", f"copying to {job.spec.output.path}"),
+        "PublishFailed",
+    )  # fmt: skip
+    if (step := _stage_job(view, seen.publish, out, done)) is not None:
+        return step
     if not job.spec.serving.enabled or not job.spec.export.enabled:
         return out(
             "Succeeded",
