@@ -38,6 +38,7 @@ from maap.podspec import (
     OperatorSettings,
     claim_name,
     common_env,
+    exit_code_rule,
     placement,
     pod_volumes,
     stage_container,
@@ -219,18 +220,11 @@ def training_failure_policy() -> dict[str, Any]:
     preempted carries the DisruptionTarget condition: neither is the run's fault, and the
     replacement resumes. A user error (exit 2: bad data or config) fails the Job at once:
     retrying it cannot help. Anything else is retried up to backoffLimit."""
-
-    def exit_codes(action: str, *codes: int) -> dict[str, Any]:
-        return {
-            "action": action,
-            "onExitCodes": {"containerName": "train", "operator": "In", "values": list(codes)},
-        }
-
     return {
         "rules": [
-            exit_codes("Ignore", EXIT_PREEMPTED),
+            exit_code_rule("train", "Ignore", EXIT_PREEMPTED),
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-            exit_codes("FailJob", EXIT_USER_ERROR),
+            exit_code_rule("train", "FailJob", EXIT_USER_ERROR),
         ]
     }
 

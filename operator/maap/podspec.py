@@ -75,6 +75,14 @@ class OperatorSettings:
     model_cache: ModelCacheSettings | None = None
 
 
+def exit_code_rule(container: str, action: str, *codes: int) -> dict[str, Any]:
+    """A podFailurePolicy rule: `action` when `container` exits with one of `codes`."""
+    return {
+        "action": action,
+        "onExitCodes": {"containerName": container, "operator": "In", "values": list(codes)},
+    }
+
+
 def claim_name(job: FineTuneJob) -> str:
     return job.spec.storage.existing_claim or Names(job.metadata.name).artifacts
 

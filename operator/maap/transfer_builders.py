@@ -25,6 +25,7 @@ from maap.podspec import (
     CONFIG_PATH,
     EXIT_USER_ERROR,
     OperatorSettings,
+    exit_code_rule,
     stage_container,
     stage_pod_spec,
 )
@@ -68,18 +69,7 @@ def uses_model_cache(job: FineTuneJob, settings: OperatorSettings) -> bool:
 
 
 def user_error_fails_job(container: str) -> dict[str, Any]:
-    return {
-        "rules": [
-            {
-                "action": "FailJob",
-                "onExitCodes": {
-                    "containerName": container,
-                    "operator": "In",
-                    "values": [EXIT_USER_ERROR],
-                },
-            }
-        ]
-    }
+    return {"rules": [exit_code_rule(container, "FailJob", EXIT_USER_ERROR)]}
 
 
 def _transfer_job(
