@@ -17,7 +17,7 @@ from maap_api.finetunejob import FineTuneJob
 
 from maap import builders, cache_builders, transfer_builders
 from maap.objectmeta import Names
-from maap.pipeline import Stage
+from maap.pipeline import JobState, Stage
 from maap.podspec import OperatorSettings
 from maap.watches import Children
 
@@ -136,12 +136,7 @@ def suspend_patches(job: FineTuneJob, seen: Children) -> list[tuple[str, bool]]:
         stage = seen.jobs.get(name)
         if stage is None:
             continue
-        status = stage.get("status") or {}
-        done = any(
-            c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-            for c in status.get("conditions") or []
-        )
-        suspended = bool((stage.get("spec") or {}).get("suspend"))
-        if not done and suspended != job.spec.suspend:
+        state = JobState.from_job(stage)
+        if not (state.succeeded or state.failed) and state.suspended != job.spec.suspend:
             patches.append((name, job.spec.suspend))
     return patches
