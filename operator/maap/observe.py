@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from maap import blockers
@@ -21,14 +21,22 @@ from maap.watches import Children
 EventLister = Callable[[str, str], list[dict[str, Any]]]
 
 
-def failure_message(pods: Iterable[dict[str, Any]]) -> str:
-    """The termination message of the most recent failed pod, if it left one."""
-    messages: list[tuple[str, str]] = []
+def _terminations(pods: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The `terminated` state of every container of these pods that has ended."""
     for pod in pods:
         for status in (pod.get("status") or {}).get("containerStatuses") or []:
-            terminated = (status.get("state") or {}).get("terminated") or {}
-            if terminated.get("exitCode") and (terminated.get("message") or "").strip():
-                messages.append((terminated.get("finishedAt") or "", terminated["message"]))
+            terminated = (status.get("state") or {}).get("terminated")
+            if terminated:
+                yield terminated
+
+
+def failure_message(pods: Iterable[dict[str, Any]]) -> str:
+    """The termination message of the most recent failed pod, if it left one."""
+    messages = [
+        (terminated.get("finishedAt") or "", terminated["message"])
+        for terminated in _terminations(pods)
+        if terminated.get("exitCode") and (terminated.get("message") or "").strip()
+    ]
     if not messages:
         return ""
     messages.sort(key=lambda m: m[0])
@@ -37,16 +45,14 @@ def failure_message(pods: Iterable[dict[str, Any]]) -> str:
 
 def success_report(pods: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
     """The JSON a stage left as its termination message when it succeeded (what it did)."""
-    for pod in pods:
-        for status in (pod.get("status") or {}).get("containerStatuses") or []:
-            terminated = (status.get("state") or {}).get("terminated") or {}
-            if terminated.get("exitCode") == 0 and terminated.get("message"):
-                try:
-                    report = json.loads(terminated["message"])
-                except ValueError:
-                    continue
-                if isinstance(report, dict):
-                    return report
+    for terminated in _terminations(pods):
+        if terminated.get("exitCode") == 0 and terminated.get("message"):
+            try:
+                report = json.loads(terminated["message"])
+            except ValueError:
+                continue
+            if isinstance(report, dict):
+                return report
     return None
 
 
