@@ -18,6 +18,8 @@ import kopf
 from maap_api.cachedmodel import PLURAL as CACHED_MODELS
 from maap_api.finetunejob import GROUP, VERSION
 from maap_api.stage_config import ModelSource
+from maap_api.transfer_results import CachedModelInfo
+from pydantic import ValidationError
 
 from maap import blockers, handlers
 from maap.cache_builders import CACHE_LABEL, build_download, download_job_name, model_cache_name
@@ -46,18 +48,14 @@ def observed_status(
         blocker = blockers.first_blocker(pods) if state.stalled else None
         message = f"{blocker.reason}: {blocker.message}" if blocker else "downloading"
         return {"phase": "Downloading", "message": message, "claim": claim}
-    report = success_report(pods) or {}
-    size = report.get("bytes")
-    return {
-        "phase": "Ready",
-        "message": "in the cache",
-        "claim": claim,
-        "path": report.get("path"),
-        "revision": report.get("revision"),
-        "files": report.get("files"),
-        "bytes": size,
-        "size": human_size(size) if isinstance(size, int) else None,
-    }
+    ready: dict[str, Any] = {"phase": "Ready", "message": "in the cache", "claim": claim}
+    try:
+        info = CachedModelInfo.model_validate(success_report(pods) or {})
+    except ValidationError:  # no report (or not ours): Ready, without the figures
+        return {**ready, "path": None, "revision": None, "files": None, "bytes": None,
+                "size": None}  # fmt: skip
+    return {**ready, "path": info.path, "revision": info.revision, "files": info.files,
+            "bytes": info.bytes, "size": human_size(info.bytes)}  # fmt: skip
 
 
 def reconcile_cached_model(

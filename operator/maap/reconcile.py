@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from maap_api.finetunejob import FineTuneJob
+from maap_api.transfer_results import PublishResult
 from pydantic import ValidationError
 
 from maap import children
@@ -103,9 +104,10 @@ def published_outputs(seen: children.Children, names: Names) -> dict[str, Any] |
     report = success_report(seen.pods_matching({"job-name": names.publish}))
     if report is None:
         return None
-    keys = ("mergedModel", "onnxModel", "adapter", "onnxBaseModel", "onnxAdapter", "files",
-            "bytes")  # fmt: skip
-    return {key: report[key] for key in keys if report.get(key) is not None} or None
+    try:
+        return PublishResult.model_validate(report).to_json_dict()
+    except ValidationError:
+        return None
 
 
 def reconcile(
