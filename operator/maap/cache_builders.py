@@ -121,13 +121,15 @@ def build_download(
     spec = CachedModelSpec.model_validate(cached_model.get("spec") or {})
     job_name = download_job_name(name)
     labels = cache_labels(name)
+    # Both are named after the Job and owned by the CachedModel (they go with it).
+    child_meta = {
+        "name": job_name, "namespace": namespace, "labels": labels,
+        "ownerReferences": _owned_by(cached_model),
+    }  # fmt: skip
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {
-            "name": job_name, "namespace": namespace, "labels": labels,
-            "ownerReferences": _owned_by(cached_model),
-        },
+        "metadata": dict(child_meta),
         "data": {MODEL_CONFIG: json.dumps(spec.to_json_dict(), indent=2, sort_keys=True)},
     }  # fmt: skip
     container = {
@@ -167,10 +169,7 @@ def build_download(
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {
-            "name": job_name, "namespace": namespace, "labels": labels,
-            "ownerReferences": _owned_by(cached_model),
-        },
+        "metadata": dict(child_meta),
         "spec": {
             "backoffLimit": TRANSFER_BACKOFF_LIMIT,
             "podFailurePolicy": user_error_fails_job("download"),
