@@ -22,7 +22,7 @@ from maap_api.transfer_results import FETCH_FILE, CachedModelInfo, FetchResult
 from maap_trainer.fetch import local_dataset_paths
 from maap_trainer.fetch.datasets import fetch_dataset
 from maap_trainer.fetch.models import ensure_cached_model, remote_model_location
-from maap_trainer.outdirs import directory_size
+from maap_trainer.outdirs import file_sizes
 from maap_trainer.progress import ProgressReport, write_progress
 
 log = logging.getLogger("maap.fetch")
@@ -56,10 +56,7 @@ def fetch_model(
         field, location = remote
         return ensure_cached_model(field, location, hub, s3, cache_root(), report)
     if source.path is not None:
-        if not (Path(source.path) / "config.json").is_file():
-            raise ConfigError(
-                f"model.path: {source.path} is not a checkpoint (no config.json in it)"
-            )
+        prepare_base_model(source)  # its check: the path is a checkpoint
         return None
     if not presets:
         return None
@@ -67,9 +64,10 @@ def fetch_model(
     if report is not None:
         report(f"preparing model.preset {source.preset}")
     path = Path(prepare_base_model(source))
+    sizes = file_sizes(path)
     return CachedModelInfo(
         location=f"preset {source.preset}", path=str(path),
-        files=sum(1 for f in path.rglob("*") if f.is_file()), bytes=directory_size(path),
+        files=len(sizes), bytes=sum(sizes.values()),
     )  # fmt: skip
 
 
