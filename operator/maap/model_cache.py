@@ -19,12 +19,12 @@ from maap_api.cachedmodel import PLURAL as CACHED_MODELS
 from maap_api.finetunejob import GROUP, VERSION
 from maap_api.stage_config import ModelSource
 from maap_api.transfer_results import CachedModelInfo
+from maap_api.units import human_size
 from pydantic import ValidationError
 
 from maap import blockers, handlers
 from maap.cache_builders import CACHE_LABEL, build_download, download_job_name, model_cache_name
 from maap.kube import Kube
-from maap.local.summary import human_size
 from maap.observe import failure_message, success_report
 from maap.pipeline import JobState, now
 from maap.podspec import OperatorSettings

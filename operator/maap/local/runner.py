@@ -34,6 +34,7 @@ from maap_api.results import (
 from maap_api.sources import is_uri
 from maap_api.stage_config import TrainerConfig
 from maap_api.transfer_results import FETCH_FILE, PUBLISH_FILE, FetchResult, PublishResult
+from maap_api.units import human_size
 from maap_trainer.outdirs import directory_size
 from maap_trainer.progress import read_progress
 from maap_trainer.train.data import load_examples
@@ -51,7 +52,7 @@ from rich.progress import (
 from rich.table import Table
 
 from maap.local.serving import CONFIG_FILE, LocalServer, local_server
-from maap.local.summary import human_size, summary_rows
+from maap.local.summary import summary_rows
 from maap.stages import export_command, fetch_command, publish_command, train_command
 
 

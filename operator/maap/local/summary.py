@@ -7,15 +7,7 @@ The rows come from the same typed summaries the stages report to the operator
 from __future__ import annotations
 
 from maap_api.results import ExportSummary, ParityFigures, TrainedMetrics
-
-
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
+from maap_api.units import human_size
 
 
 def parity_line(parity: ParityFigures) -> str:

@@ -21,10 +21,10 @@ from maap_api.errors import DatasetError
 from maap_api.sources import Location, fetched_dataset_path, parse_location
 from maap_api.stage_config import TrainerConfig
 from maap_api.transfer_results import FetchedFile
+from maap_api.units import human_size
 
 from maap_trainer.fetch.checks import check_sha256, sha256_of, validate_rows
 from maap_trainer.fetch.errors import fetch_error
-from maap_trainer.fetch.meter import human_bytes
 
 log = logging.getLogger("maap.fetch")
 
@@ -66,7 +66,7 @@ def _check_local(
     digest, size = sha256_of(path)
     check_sha256(sha_field, str(path), expected, digest)
     rows, detected = validate_rows(field, path, fmt, str(path))
-    log.info("%s: %s: %d rows of %s, %s", field, path, rows, detected, human_bytes(size))
+    log.info("%s: %s: %d rows of %s, %s", field, path, rows, detected, human_size(size))
     return FetchedFile(
         location=location, path=str(path), bytes=size, sha256=digest, rows=rows
     ), detected
@@ -120,7 +120,7 @@ def _download_and_check(
         location,
         rows,
         detected,
-        human_bytes(size),
+        human_size(size),
         destination,
     )
     return fetched, detected

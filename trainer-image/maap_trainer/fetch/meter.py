@@ -13,18 +13,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from maap_api.units import human_size
+
 log = logging.getLogger("maap.fetch")
 
 REPORT_EVERY_SECONDS = 5.0
-
-
-def human_bytes(count: float) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
 
 
 class TransferMeter:
@@ -66,14 +59,14 @@ class TransferMeter:
     def status(self) -> str:
         of = ""
         if self.total:
-            of = f" of {human_bytes(self.total)} ({100 * self.done / self.total:.0f}%)"
-        return f"{self.label}: {human_bytes(self.done)}{of}, {human_bytes(self.rate())}/s"
+            of = f" of {human_size(self.total)} ({100 * self.done / self.total:.0f}%)"
+        return f"{self.label}: {human_size(self.done)}{of}, {human_size(self.rate())}/s"
 
     def finish(self) -> None:
         seconds = time.monotonic() - self._start
         self._report(
-            f"{self.label}: {self.verb} {human_bytes(self.done)} in {seconds:.1f} s "
-            f"({human_bytes(self.rate())}/s)"
+            f"{self.label}: {self.verb} {human_size(self.done)} in {seconds:.1f} s "
+            f"({human_size(self.rate())}/s)"
         )
 
     def _report(self, line: str) -> None:

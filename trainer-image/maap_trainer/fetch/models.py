@@ -22,9 +22,10 @@ from maap_api.sources import Location, cached_model_dir, parse_location, preset_
 from maap_api.stage_config import ModelSource
 from maap_api.storage_access import HubAccess, S3Access
 from maap_api.transfer_results import MODEL_COMPLETE_MARKER, CachedModelInfo
+from maap_api.units import human_size
 
 from maap_trainer.fetch.errors import fetch_error
-from maap_trainer.fetch.meter import DirectoryMeter, TransferMeter, human_bytes
+from maap_trainer.fetch.meter import DirectoryMeter, TransferMeter
 
 log = logging.getLogger("maap.fetch")
 
@@ -166,7 +167,7 @@ def _download(
         field,
         source.uri,
         info.files,
-        human_bytes(info.bytes),
+        human_size(info.bytes),
         destination,
     )
     return info
@@ -188,7 +189,7 @@ def _from_hub(
         source.uri,
         snapshot.commit,
         len(wanted),
-        human_bytes(total),
+        human_size(total),
     )
     meter = TransferMeter(f"{field} {source.uri}", total or None, on_report=report)
     with DirectoryMeter(meter, staging):
