@@ -35,6 +35,7 @@ from maap_api.sources import is_uri
 from maap_api.stage_config import TrainerConfig
 from maap_api.transfer_results import FETCH_FILE, PUBLISH_FILE, FetchResult, PublishResult
 from maap_api.units import human_size
+from maap_trainer.model_prep import cache_root
 from maap_trainer.outdirs import directory_size
 from maap_trainer.progress import read_progress
 from maap_trainer.train.data import load_examples
@@ -84,7 +85,7 @@ def resolve_trainer_config(
     remote data files fetched into this machine's cache (as into a job's volume)."""
     output_dir = (output_root / job.metadata.name).resolve()
     cfg = job.spec.trainer_config(job.metadata.name, str(output_dir))
-    cfg.inputs_dir = str(local_cache_dir() / "inputs")
+    cfg.inputs_dir = str(cache_root() / "inputs")  # the cache the stages themselves read
     if not is_uri(job.spec.dataset.path):
         dataset = Path(job.spec.dataset.path).expanduser()
         if not dataset.is_absolute():
@@ -98,11 +99,6 @@ def resolve_trainer_config(
             model_path = (manifest_dir / model_path).resolve()
         cfg.model = cfg.model.model_copy(update={"path": str(model_path)})
     return cfg
-
-
-def local_cache_dir() -> Path:
-    """This machine's cache (models, fetched data), as the stages read MAAP_CACHE_DIR."""
-    return Path(os.environ.get("MAAP_CACHE_DIR") or Path.home() / ".cache" / "maap")
 
 
 class LocalRunner:

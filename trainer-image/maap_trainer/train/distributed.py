@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from maap_api.errors import ConfigError
 
+from maap_trainer.model_prep import cache_root
 from maap_trainer.ports import free_port
 
 WORKER_ERROR_ENV = "MAAP_WORKER_ERROR_FILE"
@@ -74,16 +74,12 @@ def is_worker() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("MAAP_CACHE_DIR", Path.home() / ".cache" / "maap"))
-
-
 def set_runtime_env(env: dict[str, str], topology: Topology, on_gpu: bool) -> dict[str, str]:
     """Environment every rank shares: where JIT-built ops are cached, threads, accelerator."""
     out = dict(env)
     # DeepSpeed JIT-compiles its shared-memory comm op and cpu_adam; build them once and
     # reuse them across runs, outside the repo and the artifact directory.
-    out.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
+    out.setdefault("TORCH_EXTENSIONS_DIR", str(cache_root() / "torch_extensions"))
     if not on_gpu:
         out.setdefault("DS_ACCELERATOR", "cpu")
         # N processes on one node's cores: split the cores instead of oversubscribing them.
