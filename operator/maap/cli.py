@@ -29,9 +29,13 @@ errors = Console(stderr=True)
 EXIT_USER_ERROR = 2
 
 
-def fail(message: str) -> typer.Exit:
+def print_error(message: str) -> None:
     # User text (paths, URIs like hf://org/name[@revision]) is never read as markup.
     errors.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+
+
+def fail(message: str) -> typer.Exit:
+    print_error(message)
     return typer.Exit(EXIT_USER_ERROR)
 
 
@@ -100,7 +104,7 @@ def validate(manifest: Annotated[Path, typer.Argument(help="FineTuneJob YAML.")]
     except ManifestError as exc:
         # One line per problem, each naming its field (`job.yaml: spec.method.type: ...`).
         for line in exc.lines()[:-1]:
-            errors.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True, highlight=False)
+            print_error(line)
         raise fail(exc.lines()[-1]) from None
     except UserError as exc:
         raise fail(str(exc)) from None
