@@ -25,8 +25,6 @@ from maap_api.stage_config import ModelSource
 from maap_api.storage_access import HubAccess, S3Access
 from maap_api.transfer_results import MODEL_COMPLETE_MARKER
 
-COMPLETE_MARKER = MODEL_COMPLETE_MARKER
-
 
 def cache_root() -> Path:
     return Path(os.environ.get("MAAP_CACHE_DIR", Path.home() / ".cache" / "maap"))
@@ -109,7 +107,7 @@ def prepare_base_model(
     if preset.checkpoint_package is not None:
         return _packaged_checkpoint(preset)
     destination = prepared_model_dir(preset)
-    if (destination / COMPLETE_MARKER).is_file():
+    if (destination / MODEL_COMPLETE_MARKER).is_file():
         return str(destination)
     gguf = _gguf_location(preset)
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -119,11 +117,11 @@ def prepare_base_model(
     try:
         staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared by pods/users
         _convert_gguf(gguf, staging)
-        (staging / COMPLETE_MARKER).write_text(str(gguf), encoding="utf-8")
+        (staging / MODEL_COMPLETE_MARKER).write_text(str(gguf), encoding="utf-8")
         try:
             os.rename(staging, destination)
         except OSError:
-            if not (destination / COMPLETE_MARKER).is_file():
+            if not (destination / MODEL_COMPLETE_MARKER).is_file():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
