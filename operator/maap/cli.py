@@ -329,6 +329,67 @@ def operator(
     )
 
 
+@app.command()
+def gateway(
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local/--kube",
+            help="Run jobs on this machine, or as FineTuneJobs in "
+            "the cluster of the current kubeconfig / service account.",
+        ),
+    ] = True,
+    host: Annotated[str, typer.Option(help="Address the gateway binds.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the OpenAI API (base URL /v1).")] = 8080,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(help="Files and (--local) jobs live here. Default: ~/.cache/maap/gateway."),
+    ] = None,
+    keys_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="API keys: YAML `keys: [{key, namespace}]`. Default: --local is "
+            "open (tenant `default`); --kube reads labelled Secrets."
+        ),
+    ] = None,
+    internal_url: Annotated[
+        str | None, typer.Option(help="--kube: the URL pods reach the gateway at.")
+    ] = None,
+    file_secret_env: Annotated[
+        str | None, typer.Option(help="--kube: env var with the secret that signs file links.")
+    ] = None,
+    webhook_url: Annotated[
+        str | None,
+        typer.Option(help="POST fine_tuning.job.succeeded|failed|cancelled events here."),
+    ] = None,
+    webhook_secret_env: Annotated[
+        str | None, typer.Option(help="Env var with the webhooks' HMAC secret (whsec_...).")
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option(help="--kube: the gateway's own namespace (API-key Secrets).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """The OpenAI fine-tuning API (files, jobs, events, checkpoints) and one inference
+    endpoint for every tuned model: point the openai client's base_url at it."""
+    import logging
+
+    from maap_trainer.model_prep import cache_root
+
+    from maap.gateway.serve import GatewayOptions, run_gateway
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
+    options = GatewayOptions(
+        local=local, host=host, port=port, state_dir=state_dir or cache_root() / "gateway",
+        keys_file=keys_file, internal_url=internal_url, file_secret_env=file_secret_env,
+        webhook_url=webhook_url, webhook_secret_env=webhook_secret_env, namespace=namespace,
+    )  # fmt: skip
+    try:
+        run_gateway(options)
+    except UserError as exc:
+        raise fail(str(exc)) from None
+
+
 def main() -> None:
     app()
 
