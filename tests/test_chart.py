@@ -8,6 +8,7 @@ real API server is tests/controlplane/test_chart_install.py.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -57,6 +58,21 @@ VALUES_MATRIX: dict[str, dict[str, Any]] = {
     },
     "no-rbac": {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "mine"}},
     "one-replica": {"operator": {"replicas": 1}},
+    "gateway": {
+        "watchNamespaces": ["team-a"],
+        "gateway": {
+            "enabled": True,
+            "port": 18443,
+            "service": {"type": "LoadBalancer", "annotations": {"a": "b"}},
+            "storage": {"size": "50Gi", "storageClassName": "fast", "accessMode": "ReadWriteOnce"},
+            "uploadTmpSize": "2Gi",
+            "serviceAccount": {"name": "gw", "annotations": {"a": "b"}},
+            "extraArgs": ["--webhook-url=https://hooks.example/ft", "--verbose"],
+            "extraEnv": [{"name": "EXTRA", "value": "1"}],
+            "podLabels": {"team": "ml"},
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+        },
+    },
 }
 
 BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
@@ -68,6 +84,12 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "sa-without-name": ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
     "no-replicas": ({"operator": {"replicas": 0}}, "minimum"),
     "replicas-typo": ({"operator": {"replica": 2}}, "additional properties 'replica'"),
+    "gateway-typo": ({"gateway": {"enable": True}}, "additional properties 'enable'"),
+    "gateway-arg-not-a-flag": ({"gateway": {"extraArgs": ["verbose"]}}, "does not match pattern"),
+    "gateway-sa-without-name": (
+        {"gateway": {"enabled": True, "serviceAccount": {"create": False}}},
+        "gateway.serviceAccount.name is required",
+    ),
 }
 
 
@@ -108,10 +130,16 @@ def render(values: dict[str, Any], tmp: Path, namespace: str = "maap-system") ->
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
 
-def one(objects: list[dict], kind: str, namespace: str | None = None) -> dict:
+def component(obj: dict) -> str | None:
+    return (obj["metadata"].get("labels") or {}).get("app.kubernetes.io/component")
+
+
+def one(objects: list[dict], kind: str, namespace: str | None = None, of: str = "operator") -> dict:
+    """The one object of that kind (and namespace) of the operator, or (`of`) the gateway."""
     found = [
         o for o in objects
         if o["kind"] == kind and (namespace is None or o["metadata"].get("namespace") == namespace)
+        and component(o) in (of, None)
     ]  # fmt: skip
     assert len(found) == 1, f"{len(found)} {kind} objects"
     return found[0]
@@ -442,3 +470,128 @@ def test_the_model_cache_is_opt_in_and_wires_the_operators_flags(tmp_path: Path)
     assert env["MAAP_MODEL_CACHE_STORAGE_CLASS"] == "cephfs"
     assert env["MAAP_MODEL_CACHE_ACCESS_MODE"] == "ReadWriteMany"
     assert {k for k in env if k.startswith("MAAP_MODEL_CACHE")} <= operator_env_names()
+
+
+# --- the optional gateway --------------------------------------------------------------
+
+
+def gateway_command() -> Any:
+    from maap.cli import app
+
+    return typer.main.get_command(app).commands["gateway"]  # type: ignore[attr-defined]
+
+
+def gateway_objects(values: dict[str, Any], tmp: Path, namespace: str = "ops") -> list[dict]:
+    return [o for o in render(values, tmp, namespace) if component(o) == "gateway"]
+
+
+def test_gateway_is_off_by_default(tmp_path: Path) -> None:
+    assert not gateway_objects({}, tmp_path)
+    assert not gateway_objects({"gateway": {"enabled": False, "port": 9000}}, tmp_path)
+
+
+@pytest.mark.parametrize("values", [{"gateway": {"enabled": True}}, VALUES_MATRIX["gateway"]])
+def test_gateway_pod_is_locked_down_and_wired_to_its_service_secret_and_claim(
+    values: dict[str, Any], tmp_path: Path
+) -> None:
+    objects = render(values, tmp_path, namespace="ops")
+    gateway = values["gateway"]
+    deployment = one(objects, "Deployment", of="gateway")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # one pod owns the volume
+    pod = deployment["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert c["image"] == container(objects)["image"]  # the operator's image
+
+    # The arguments parse as `maap gateway` parses them, and name what the chart made.
+    assert c["command"] == ["maap"] and c["args"][0] == "gateway"
+    params = gateway_command().make_context("gateway", list(c["args"][1:])).params
+    service = one(objects, "Service", of="gateway")
+    [port] = service["spec"]["ports"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert params["local"] is False and params["host"] == "0.0.0.0"
+    assert params["port"] == ports[port["targetPort"]] == port["port"] == gateway.get("port", 8080)
+    assert params["internal_url"] == f"http://{service['metadata']['name']}.ops.svc:{port['port']}"
+    assert params["namespace"] == "ops"
+    if "--verbose" in gateway.get("extraArgs", []):
+        assert params["verbose"] is True and params["webhook_url"] == "https://hooks.example/ft"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["type"] == gateway.get("service", {}).get("type", "ClusterIP")
+    # Neither Service selects the other's pods.
+    operator_pods = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert not service["spec"]["selector"].items() <= operator_pods.items()
+    assert not one(objects, "Service")["spec"]["selector"].items() <= labels.items()
+
+    # The signing secret comes from the chart's Secret, under the variable the flag names.
+    env = {e["name"]: e for e in c["env"]}
+    ref = env[params["file_secret_env"]]["valueFrom"]["secretKeyRef"]
+    secret = one(objects, "Secret", of="gateway")
+    assert ref["name"] == secret["metadata"]["name"]
+    assert len(base64.b64decode(secret["data"][ref["key"]])) >= 32
+    extra = {e["name"] for e in gateway.get("extraEnv", [])}
+    assert set(env) - extra == {params["file_secret_env"], "PYTHONDONTWRITEBYTECODE",
+                                "PYTHONUNBUFFERED", "HOME"}  # fmt: skip
+
+    # Files on the claim at the state dir; uploads spool on a bounded /tmp.
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claim = one(objects, "PersistentVolumeClaim", of="gateway")
+    assert volumes[mounts[str(params["state_dir"])]]["persistentVolumeClaim"] == {
+        "claimName": claim["metadata"]["name"]
+    }
+    assert volumes[mounts["/tmp"]]["emptyDir"] == {"sizeLimit": gateway.get("uploadTmpSize", "1Gi")}
+    storage = gateway.get("storage", {})
+    assert claim["spec"]["resources"]["requests"]["storage"] == storage.get("size", "10Gi")
+    assert claim["spec"].get("storageClassName") == storage.get("storageClassName")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    for probe in (c["livenessProbe"], c["readinessProbe"]):
+        assert probe["httpGet"] == {"path": "/healthz", "port": "http"}
+
+
+@pytest.mark.parametrize("values", [{"gateway": {"enabled": True}}, VALUES_MATRIX["gateway"]])
+def test_gateway_rbac_is_exactly_the_gateway_rules(values: dict[str, Any], tmp_path: Path) -> None:
+    from maap.rbac import GATEWAY_OWN_NAMESPACE_RULES, GATEWAY_RULES
+
+    objects = render(values, tmp_path, namespace="ops")
+    sa = one(objects, "ServiceAccount", of="gateway")
+    pod = one(objects, "Deployment", of="gateway")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    expected = values["gateway"].get("serviceAccount", {}).get("name") or "rel-maap-gateway"
+    assert sa["metadata"]["name"] == expected
+    role = one(objects, "ClusterRole", of="gateway")
+    assert rule_set(role["rules"]) == {(tuple(g), tuple(r), tuple(v)) for g, r, v in GATEWAY_RULES}
+    own = one(objects, "Role", "ops", of="gateway")
+    assert rule_set(own["rules"]) == {
+        (tuple(g), tuple(r), tuple(v)) for g, r, v in GATEWAY_OWN_NAMESPACE_RULES
+    }
+    subject = [{"kind": "ServiceAccount", "name": expected, "namespace": "ops"}]
+    for kind, role_kind, bound in (("ClusterRoleBinding", "ClusterRole", role),
+                                   ("RoleBinding", "Role", own)):  # fmt: skip
+        binding = one(objects, kind, of="gateway")
+        assert binding["roleRef"]["kind"] == role_kind
+        assert binding["roleRef"]["name"] == bound["metadata"]["name"]
+        assert binding["subjects"] == subject
+    # The operator's own rules are untouched by the gateway.
+    assert rule_set(one(objects, "ClusterRole")["rules"]) != rule_set(role["rules"])
+
+
+def test_gateway_options_its_own_claim_and_no_rbac(tmp_path: Path) -> None:
+    values = {
+        "rbac": {"create": False},
+        "gateway": {"enabled": True, "storage": {"existingClaim": "my-files"},
+                    "serviceAccount": {"create": False, "name": "mine"}},
+    }  # fmt: skip
+    objects = gateway_objects(values, tmp_path)
+    kinds = {o["kind"] for o in objects}
+    assert kinds == {"Deployment", "Service", "Secret"}
+    pod = one(objects, "Deployment", of="gateway")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "mine"
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+              if "persistentVolumeClaim" in v]  # fmt: skip
+    assert claims == ["my-files"]
