@@ -63,6 +63,7 @@ class JobHistory(CamelModel):
                 by_step[point.step] = point
             else:
                 fresh = point.model_dump(exclude_none=True)
+                fresh["time"] = max(old.time, point.time)  # an entry sent again is no news
                 by_step[point.step] = old.model_copy(update=fresh)
         saved = {c.step: c for c in self.checkpoints}
         saved.update({c.step: c for c in checkpoints})
@@ -70,12 +71,33 @@ class JobHistory(CamelModel):
         kept = [saved[s] for s in sorted(saved)][-MAX_CHECKPOINTS:]
         return JobHistory(points=_thin(ordered, MAX_POINTS), checkpoints=kept)
 
+    def up_to(self, step: int) -> JobHistory:
+        """The entries at or before `step`: what a run resumed from that step's checkpoint
+        keeps (the steps after it are trained, and logged, again)."""
+        return JobHistory(
+            points=[p for p in self.points if p.step <= step],
+            checkpoints=[c for c in self.checkpoints if c.step <= step],
+        )
+
+    def tail(self, count: int = REPORT_TAIL) -> JobHistory:
+        """The newest `count` points and checkpoints: what one progress report carries."""
+        return JobHistory(points=self.points[-count:], checkpoints=self.checkpoints[-count:])
+
 
 def _thin(points: list[LogPoint], limit: int) -> list[LogPoint]:
-    """At most `limit` points: drop every other point of the older half until it fits."""
+    """At most `limit` points: drop every other point of the older half until it fits.
+
+    Evaluated points (valid loss) are rarer than logged ones and stay while there are
+    train-only points to drop; the first point (the eval before training) always stays."""
     while len(points) > limit:
         half = len(points) // 2
-        points = points[:half:2] + points[half:]
+        old, new = points[:half], points[half:]
+        kept = [p for i, p in enumerate(old) if i % 2 == 0 or p.valid_loss is not None]
+        if len(kept) == len(old):
+            kept = old[::2]
+        if len(kept) == len(old):  # too few points to halve (a limit below 4)
+            return points[-limit:] if limit > 0 else []
+        points = kept + new
     return points
 
 
@@ -86,17 +108,48 @@ def append_history(
     directory: Path, point: LogPoint | None = None, checkpoint: CheckpointPoint | None = None
 ) -> None:
     """One JSON line per entry; a reader tolerates a torn last line."""
-    directory.mkdir(parents=True, exist_ok=True)
     lines = []
     if point is not None:
         lines.append(json.dumps({"point": point.to_json_dict()}))
     if checkpoint is not None:
         lines.append(json.dumps({"checkpoint": checkpoint.to_json_dict()}))
-    if lines:
-        with (directory / HISTORY_FILE).open("a", encoding="utf-8") as out:
-            out.write("\n".join(lines) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+    if not lines:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / HISTORY_FILE
+    # A line torn by a kill mid-write must not swallow the first line appended after it.
+    lead = "" if _ends_with_newline(path) else "\n"
+    with path.open("a", encoding="utf-8") as out:
+        out.write(lead + "\n".join(lines) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _ends_with_newline(path: Path) -> bool:
+    """True for a missing or empty file too: nothing to close."""
+    try:
+        with path.open("rb") as existing:
+            existing.seek(0, os.SEEK_END)
+            if existing.tell() == 0:
+                return True
+            existing.seek(-1, os.SEEK_END)
+            return existing.read(1) == b"\n"
+    except OSError:
+        return True
+
+
+def write_history(directory: Path, history: JobHistory) -> None:
+    """Replace the history file with `history` at once (temp file + rename): a resumed run
+    drops what the run before it logged after its last checkpoint."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"point": p.to_json_dict()}) for p in history.points]
+    lines += [json.dumps({"checkpoint": c.to_json_dict()}) for c in history.checkpoints]
+    tmp = directory / f".{HISTORY_FILE}.{os.getpid()}.tmp"
+    with tmp.open("w", encoding="utf-8") as out:
+        out.write("".join(line + "\n" for line in lines))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, directory / HISTORY_FILE)
 
 
 def read_history(directory: Path) -> JobHistory:
@@ -119,7 +172,13 @@ def read_history(directory: Path) -> JobHistory:
     return JobHistory().merged(points, checkpoints)
 
 
+def history_configmap_data(history: JobHistory) -> dict[str, str]:
+    """The `data` of a job's history ConfigMap."""
+    return {HISTORY_CONFIGMAP_KEY: history.model_dump_json(by_alias=True, exclude_none=True)}
+
+
 def parse_history_configmap(data: dict[str, str] | None) -> JobHistory:
+    """The history a ConfigMap's `data` holds (empty when it holds none or nonsense)."""
     raw = (data or {}).get(HISTORY_CONFIGMAP_KEY)
     if not raw:
         return JobHistory()

@@ -54,6 +54,11 @@ class Names:
     def serving_auth_secret(self) -> str:
         return f"{self.job}-serving-auth"
 
+    @property
+    def history_configmap(self) -> str:
+        """The training history (maap_api.history), written by the progress receiver."""
+        return f"{self.job}-history"
+
 
 def labels(job: FineTuneJob, component: str) -> dict[str, str]:
     return {

@@ -4,6 +4,12 @@ The trainer (which never talks to the Kubernetes API) posts its progress report 
 with a per-job bearer token; the operator checks the token against the job's Secret and
 writes `status.progress`. Pods need no RBAC, and users see step, loss and ETA in
 `kubectl get ftj`.
+
+The training history a report carries (its newest points and checkpoints) never goes
+into `status`, which must stay small: it is merged into the job's history ConfigMap
+(Names.history_configmap, maap_api.history's document), owned by the FineTuneJob. Each
+merge replaces the ConfigMap at the resourceVersion it read and starts again on a
+conflict, so concurrent reports lose no point.
 """
 
 from __future__ import annotations
@@ -19,13 +25,20 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from maap_api.field_errors import format_validation_error
 from maap_api.finetunejob import GROUP, PLURAL, VERSION
+from maap_api.history import JobHistory, history_configmap_data, parse_history_configmap
 from maap_trainer.progress import ProgressReport
 from pydantic import ValidationError
 
-from maap.builders import Names
+from maap.objectmeta import JOB_LABEL, Names, object_metadata
+from maap.reconcile import parse
 
 log = logging.getLogger("maap.progress")
 TOKEN_KEY = "token"
+HISTORY_COMPONENT = "history"
+# Read-merge-replace rounds before a report's history gives up (each conflict means another
+# report's merge went in first; a handful of writers at most share one job's ConfigMap).
+HISTORY_ATTEMPTS = 8
+MERGE_PATCH = "application/merge-patch+json"
 
 
 def status_progress(report: ProgressReport) -> dict[str, Any]:
@@ -98,7 +111,78 @@ class ProgressReceiver:
             await asyncio.to_thread(self._patch, namespace, name, status_patch(report))
         except ApiException as exc:
             return web.json_response({"error": exc.reason}, status=exc.status or 502)
+        if report.history or report.checkpoints:
+            try:
+                await asyncio.to_thread(self.record_history, namespace, name, report)
+            except (ApiException, HistoryConflict) as exc:
+                reason = exc.reason if isinstance(exc, ApiException) else str(exc)
+                log.warning("history of %s/%s not recorded: %s", namespace, name, reason)
+                status = exc.status if isinstance(exc, ApiException) else 409
+                return web.json_response({"error": f"history: {reason}"}, status=status or 502)
         return web.Response(status=204)
+
+    def record_history(self, namespace: str, name: str, report: ProgressReport) -> None:
+        """Merge the report's points and checkpoints into the job's history ConfigMap:
+        created when missing, else replaced at the resourceVersion read (a 409 means
+        another report got in first: read it again and merge once more)."""
+        cm_name = Names(name).history_configmap
+        for _ in range(HISTORY_ATTEMPTS):
+            try:
+                current = self.core.read_namespaced_config_map(cm_name, namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                current = None
+            stored = parse_history_configmap(current.data if current is not None else None)
+            merged = stored.merged(report.history, report.checkpoints)
+            try:
+                if current is None:
+                    body = self._new_history_configmap(namespace, name, merged)
+                    if body is None:
+                        return  # the FineTuneJob is gone: nothing to keep a history for
+                    self.core.create_namespaced_config_map(namespace, body)
+                elif merged != stored:
+                    patch = {
+                        # A precondition: the API server answers 409 if it changed since.
+                        "metadata": {"resourceVersion": current.metadata.resource_version},
+                        "data": history_configmap_data(merged),
+                    }
+                    self.core.patch_namespaced_config_map(
+                        cm_name, namespace, patch, _content_type=MERGE_PATCH
+                    )
+                return
+            except ApiException as exc:
+                if exc.status != 409:  # 409: changed since read, or created meanwhile
+                    raise
+        raise HistoryConflict(f"{HISTORY_ATTEMPTS} concurrent writes in a row to {cm_name}")
+
+    def _new_history_configmap(
+        self, namespace: str, name: str, history: JobHistory
+    ) -> dict[str, Any] | None:
+        """The ConfigMap, owned by the FineTuneJob (garbage-collected with it) and labelled
+        like its other children, but without the job label: the operator's child index would
+        otherwise hold a copy of every job's history in memory."""
+        try:
+            body = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        try:
+            job = parse(body)
+        except ValidationError as exc:
+            log.warning("%s/%s: %s", namespace, name, format_validation_error(exc))
+            return None
+        cm_name = Names(name).history_configmap
+        meta = object_metadata(job, body["metadata"]["uid"], cm_name, HISTORY_COMPONENT)
+        meta["labels"].pop(JOB_LABEL, None)
+        meta["namespace"] = namespace
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
+                "data": history_configmap_data(history)}  # fmt: skip
+
+
+class HistoryConflict(Exception):
+    """Every read-merge-replace round lost the race to another writer."""
 
 
 async def start_progress_server(api: client.ApiClient, port: int) -> web.AppRunner:

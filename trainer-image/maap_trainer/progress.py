@@ -3,6 +3,10 @@
 Written atomically (temp file + rename) so a reader never sees half a document, and, when
 the operator asked for it (MAAP_PROGRESS_URL/TOKEN), posted to its progress API from a
 background thread. Pydantic only, so the control plane can read it without torch.
+
+While the train stage records a training history (maap_api.history), every report it
+writes carries the newest points and checkpoints: the reporter sends only the newest
+report, and that one then still holds every point logged since the one before.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from maap_api.history import CheckpointPoint, JobHistory, LogPoint
 from maap_api.results import ArtifactPaths, ExportSummary, TrainedMetrics
 from maap_api.stage_config import CamelModel
 from pydantic import Field
@@ -27,6 +33,7 @@ __all__ = [
     "ProgressReport",
     "RemoteReporter",
     "TrainedMetrics",
+    "attach_history",
     "close_progress",
     "read_progress",
     "write_progress",
@@ -57,6 +64,9 @@ class ProgressReport(CamelModel):
     export: ExportSummary | None = None
     # The artifacts published so far, on each stage's final report.
     artifacts: ArtifactPaths | None = None
+    # The newest training history (maap_api.history.REPORT_TAIL entries), while training.
+    history: list[LogPoint] = Field(default_factory=list)
+    checkpoints: list[CheckpointPoint] = Field(default_factory=list)
     updated_at: float = Field(default_factory=time.time)
 
     @property
@@ -66,7 +76,25 @@ class ProgressReport(CamelModel):
         return min(100, int(100 * self.step / self.total_steps))
 
 
+# The history tail each output directory's reports carry (set by the train stage).
+_HISTORY_TAILS: dict[Path, Callable[[], JobHistory]] = {}
+
+
+def attach_history(directory: Path, tail: Callable[[], JobHistory] | None) -> None:
+    """From now on, reports written to `directory` carry `tail()` (None: no longer)."""
+    if tail is None:
+        _HISTORY_TAILS.pop(Path(directory), None)
+    else:
+        _HISTORY_TAILS[Path(directory)] = tail
+
+
 def write_progress(directory: Path, report: ProgressReport) -> None:
+    tail = _HISTORY_TAILS.get(Path(directory))
+    if tail is not None and not (report.history or report.checkpoints):
+        newest = tail()
+        report = report.model_copy(
+            update={"history": newest.points, "checkpoints": newest.checkpoints}
+        )
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".{PROGRESS_FILE}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(report.to_json_dict()), encoding="utf-8")

@@ -1,15 +1,61 @@
-"""Trainer callbacks: progress for the operator, eval-before capture, per-rank evidence."""
+"""Trainer callbacks: progress for the operator, the training history, eval-before capture,
+per-rank evidence."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from maap_trainer.progress import ProgressReport, write_progress
+from maap_api.history import (
+    REPORT_TAIL,
+    CheckpointPoint,
+    JobHistory,
+    LogPoint,
+    append_history,
+    read_history,
+    write_history,
+)
+
+from maap_trainer.progress import ProgressReport, attach_history, read_progress, write_progress
+from maap_trainer.train.checkpoints import COMPLETE_MARKER
+
+log = logging.getLogger("maap.history")
 
 RANKS_DIR = "ranks"
+
+
+class Throughput:
+    """Tokens per second of this process's training: after a resume, the steps restored
+    from the checkpoint took no time here, and the eval on start is not training time."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.first_step = 0
+        self.first_tokens = 0
+
+    def begin(self, state: Any) -> None:
+        self.started = time.monotonic()
+        self.first_step = state.global_step
+        self.first_tokens = _tokens_seen(state)
+
+    def evaluated(self, state: Any) -> None:
+        if state.global_step == self.first_step:
+            self.started = time.monotonic()  # the eval on start is not training time
+
+    def elapsed(self) -> float:
+        return max(time.monotonic() - self.started, 1e-6)
+
+    def tokens_per_second(self, state: Any) -> float | None:
+        # Tokens of every rank (the Trainer gathers the count).
+        tokens = _tokens_seen(state) - self.first_tokens
+        return round(tokens / self.elapsed(), 1) if tokens > 0 else None
+
+
+def _tokens_seen(state: Any) -> int:
+    return int(getattr(state, "num_input_tokens_seen", 0) or 0)
 
 
 def progress_callback(output_dir: Path) -> Any:
@@ -18,24 +64,18 @@ def progress_callback(output_dir: Path) -> Any:
     class ProgressCallback(TrainerCallback):
         """Mirror the Trainer's state into progress.json (rank 0 only).
 
-        Rates and the ETA count only the steps of this process: after a resume, the
-        steps restored from the checkpoint took no time here.
+        Rates and the ETA count only the steps of this process (see Throughput).
         """
 
         def __init__(self) -> None:
-            self.started = time.monotonic()
-            self.first_step = 0
-            self.first_tokens = 0
+            self.rate = Throughput()
             self.loss: float | None = None
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.started = time.monotonic()
-            self.first_step = state.global_step
-            self.first_tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+            self.rate.begin(state)
 
         def on_evaluate(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if state.global_step == self.first_step:
-                self.started = time.monotonic()  # the eval on start is not training time
+            self.rate.evaluated(state)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any):
             if logs and "loss" in logs:
@@ -44,10 +84,9 @@ def progress_callback(output_dir: Path) -> Any:
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if not state.is_world_process_zero:
                 return
-            elapsed = max(time.monotonic() - self.started, 1e-6)
+            elapsed = self.rate.elapsed()
             step, total = state.global_step, state.max_steps
-            done = step - self.first_step
-            tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) - self.first_tokens
+            done = step - self.rate.first_step
             eta = int(elapsed / done * (total - step)) if done > 0 else None
             write_progress(
                 output_dir,
@@ -56,14 +95,150 @@ def progress_callback(output_dir: Path) -> Any:
                     step=step,
                     total_steps=total,
                     loss=self.loss,
-                    # Tokens of every rank (the Trainer gathers the count).
-                    tokens_per_second=round(tokens / elapsed, 1) if tokens > 0 else None,
+                    tokens_per_second=self.rate.tokens_per_second(state),
                     eta_seconds=eta,
-                    resumed_from_step=self.first_step or None,
+                    resumed_from_step=self.rate.first_step or None,
                 ),
             )
 
     return ProgressCallback()
+
+
+class HistoryRecorder:
+    """Rank 0's training history: each entry is appended to history.jsonl at once, and the
+    newest ones ride on every progress report written to the output directory.
+
+    A fresh run (step 0) starts a fresh file: what an earlier run in that directory logged
+    is not this run's. A resumed run keeps what was logged up to its checkpoint's step and
+    drops the rest, which it trains and logs again."""
+
+    def __init__(self, output_dir: Path, resumed_at_step: int) -> None:
+        self.output_dir = output_dir
+        kept = JobHistory()
+        if resumed_at_step > 0:
+            kept = read_history(output_dir).up_to(resumed_at_step)
+        write_history(output_dir, kept)
+        self.newest_train_loss = _newest(kept.points, "train_loss")
+        self.newest_valid_loss = _newest(kept.points, "valid_loss")
+        self.history = kept.tail(REPORT_TAIL)
+        attach_history(output_dir, self.tail)
+
+    def tail(self) -> JobHistory:
+        return self.history.tail(REPORT_TAIL)
+
+    def add_point(self, point: LogPoint) -> None:
+        if point.train_loss is not None:
+            self.newest_train_loss = point.train_loss
+        if point.valid_loss is not None:
+            self.newest_valid_loss = point.valid_loss
+        append_history(self.output_dir, point=point)
+        self._keep(self.history.merged([point], []))
+
+    def add_checkpoint(self, step: int, path: str) -> CheckpointPoint:
+        checkpoint = CheckpointPoint(
+            step=step,
+            time=time.time(),
+            path=path,
+            train_loss=self.newest_train_loss,
+            valid_loss=self.newest_valid_loss,
+        )
+        append_history(self.output_dir, checkpoint=checkpoint)
+        self._keep(self.history.merged([], [checkpoint]))
+        return checkpoint
+
+    def _keep(self, history: JobHistory) -> None:
+        # In memory, only what the reports carry: a long run's history stays on disk.
+        self.history = history.tail(REPORT_TAIL)
+
+    def resend(self) -> None:
+        """Write the newest progress report again, now with the newest tail."""
+        current = read_progress(self.output_dir)
+        if current is not None:
+            fresh = current.model_copy(update={"history": [], "checkpoints": []})
+            write_progress(self.output_dir, fresh)
+
+    def close(self) -> None:
+        attach_history(self.output_dir, None)
+
+
+def _newest(points: list[LogPoint], field: str) -> float | None:
+    values = [getattr(p, field) for p in points if getattr(p, field) is not None]
+    return values[-1] if values else None
+
+
+def history_callback(output_dir: Path) -> Any:
+    """Record the training history (maap_api.history) on rank 0: a point per Trainer log
+    with a training loss, a point per evaluation (the eval on start at step 0 included:
+    the "before" point, and the eval after training), and each checkpoint once it is
+    complete. Register it after the checkpoint marker's callback, which marks a
+    checkpoint complete in the same on_save."""
+    from transformers import TrainerCallback
+
+    class HistoryCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.rate = Throughput()
+            self.recorder: HistoryRecorder | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.rate.begin(state)
+            if state.is_world_process_zero and self.recorder is None:
+                self.recorder = HistoryRecorder(output_dir, int(state.global_step))
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw):
+            self.rate.evaluated(state)
+            loss = (metrics or {}).get("eval_loss")
+            if self.recorder is not None and loss is not None:
+                self.recorder.add_point(
+                    LogPoint(
+                        step=state.global_step,
+                        time=time.time(),
+                        valid_loss=float(loss),
+                        epoch=_epoch(state.epoch),
+                    )
+                )
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any):
+            if self.recorder is None or not logs or "loss" not in logs:
+                return
+            self.recorder.add_point(
+                LogPoint(
+                    step=state.global_step,
+                    time=time.time(),
+                    train_loss=float(logs["loss"]),
+                    learning_rate=_number(logs.get("learning_rate")),
+                    epoch=_epoch(logs.get("epoch", state.epoch)),
+                    tokens_per_second=self.rate.tokens_per_second(state),
+                )
+            )
+
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.recorder is None:
+                return
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if not (path / COMPLETE_MARKER).is_file():
+                log.warning("%s has no completion marker: not recorded in the history", path)
+                return
+            try:
+                shown = str(path.relative_to(output_dir))
+            except ValueError:  # extraArgs moved the checkpoints out of the output directory
+                shown = str(path)
+            self.recorder.add_checkpoint(int(state.global_step), shown)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            # The last step's report went out before its log and its checkpoint.
+            if self.recorder is not None:
+                self.recorder.resend()
+
+    return HistoryCallback()
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _epoch(value: Any) -> float | None:
+    number = _number(value)
+    return round(number, 4) if number is not None else None
 
 
 def eval_recorder(first_eval_file: Path) -> Any:

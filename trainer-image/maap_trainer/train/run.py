@@ -34,6 +34,7 @@ from maap_trainer.train.artifacts import save_artifacts
 from maap_trainer.train.callbacks import (
     RANKS_DIR,
     eval_recorder,
+    history_callback,
     peak_memory_recorder,
     progress_callback,
     rank_report,
@@ -258,6 +259,7 @@ def _run_training(cfg: TrainerConfig, watch: PreemptionWatch) -> dict[str, Any]:
         callbacks=[
             progress_callback(output_dir),
             marker_callback(),
+            history_callback(output_dir),  # after the marker: it records complete ones
             recorder,
             memory,
             watch.callback(),
