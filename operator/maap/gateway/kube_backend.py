@@ -144,7 +144,7 @@ class KubeBackend:
         uid = obj["metadata"].get("uid")
         # A job deleted and created again under the same name has older Events: not its own.
         own = [e for e in found.items if not uid or e.involved_object.uid in (None, uid)]
-        return sorted((job_event(e) for e in own), key=lambda e: e.time)
+        return [job_event(e) for e in sorted(own, key=event_order)]
 
     def history(self, namespace: str, job_id: str) -> JobHistory:
         name = Names(job_id).history_configmap
@@ -263,6 +263,14 @@ def job_event(event: client.CoreV1Event) -> JobEvent:
     return JobEvent(time=when.timestamp() if when else 0.0, level=level, message=message)
 
 
+def event_order(event: client.CoreV1Event) -> tuple[float, int]:
+    """Oldest first. Event times have whole seconds, and a pipeline under a fast scheduler
+    moves several phases in one: within a second, the order the API server stored them in
+    (resourceVersion, an etcd revision, grows with every write)."""
+    version = (event.metadata.resource_version if event.metadata else None) or ""
+    return job_event(event).time, int(version) if version.isdigit() else 0
+
+
 def decode_secret_value(value: str | None) -> str | None:
     """A Secret's `data` value (base64) as text; None when empty or not base64 text."""
     if not value:
@@ -330,8 +338,8 @@ def api_error(exc: ApiException, action: str) -> APIError:
     if status in (401, 403):
         return APIError(
             500,
-            f"cannot {action}: the gateway's ServiceAccount is not allowed to ({message}); "
-            "check the gateway's RBAC in the chart",
+            f"cannot {action}: the API server refused the gateway's ServiceAccount "
+            f"({message}); check the gateway's RBAC (charts/maap, maap.rbac.GATEWAY_RULES)",
             code="forbidden",
         )
     return APIError(502, f"cannot {action}: the Kubernetes API answered {status}: {message}")

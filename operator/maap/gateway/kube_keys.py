@@ -91,7 +91,9 @@ class SecretKeys:
         api_client: client.ApiClient,
         namespace: str,
         refresh_seconds: float = REFRESH_SECONDS,
+        start: bool = True,
     ) -> None:
+        """`start`: read the keys now and keep them fresh from here on (see start())."""
         self.core = client.CoreV1Api(api_client)
         self.namespace = namespace
         self.refresh_seconds = refresh_seconds
@@ -99,6 +101,8 @@ class SecretKeys:
         self._reported: set[tuple[str, str]] = set()  # (name, resourceVersion) logged
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        if start:
+            self.start()
 
     def namespace_for(self, key: str) -> str | None:
         return self._ring.namespace_for(key)
@@ -124,8 +128,14 @@ class SecretKeys:
         self._ring = StaticKeys(keys)  # one assignment: a reader sees the old or the new set
 
     def start(self) -> SecretKeys:
-        """Read the keys once (failing loudly: no RBAC, no API server), then keep them fresh."""
-        self.refresh()
+        """Read the keys once (failing loudly: no RBAC, no API server), then keep them fresh
+        in a daemon thread. Starting a started ring does nothing."""
+        if self._thread is not None:
+            return self
+        try:
+            self.refresh()
+        except APIError as exc:
+            raise ConfigError(f"API keys: {exc.message}") from None
         log.info("%d API key(s) from Secrets in namespace %s", len(self), self.namespace)
         self._thread = threading.Thread(target=self._loop, name="api-key-refresh", daemon=True)
         self._thread.start()
