@@ -30,6 +30,14 @@ from maap.gateway.tenancy import KeyRing, tenant_of
 from maap.gateway.webhooks import WebhookSender, watch_jobs
 
 
+async def _tenant(request: Request) -> str:
+    return tenant_of(request.headers.get("authorization"), request.app.state.keys)
+
+
+# The namespace of the request's API key (module level: FastAPI resolves it by name).
+Tenant = Annotated[str, Depends(_tenant)]
+
+
 @dataclass
 class GatewaySettings:
     file_secret: bytes
@@ -58,12 +66,9 @@ def create_app(
 
     app = FastAPI(title="maap gateway", lifespan=lifespan)
     app.state.backend = backend
+    app.state.keys = keys
     install_error_handlers(app)
 
-    async def tenant(request: Request) -> str:
-        return tenant_of(request.headers.get("authorization"), keys)
-
-    Tenant = Annotated[str, Depends(tenant)]
     api = APIRouter(prefix="/v1")
 
     async def call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -159,8 +164,8 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=1000)] = 20,
     ) -> dict[str, Any]:
         wanted = _metadata_filter(request)
-        found = [jobs.openai_job(o) for o in await call(backend.list, namespace)]
-        found.sort(key=lambda j: (j["created_at"], j["id"]), reverse=True)
+        objects = sorted(await call(backend.list, namespace), key=jobs.created_order)
+        found = [jobs.openai_job(o) for o in reversed(objects)]
         found = [j for j in found if _matches(j.get("metadata"), wanted)]
         listed = page(found, after, limit)
         return {"object": "list", "data": listed["data"], "has_more": listed["has_more"]}

@@ -18,7 +18,8 @@ __all__ = ["APIError", "install_error_handlers", "not_found"]
 
 def not_found(kind: str, ident: str, param: str | None = None) -> APIError:
     """A 404 that says the same for a missing object and another tenant's object."""
-    return APIError(404, f"no {kind} with id {ident!r}", param=param, code=f"{kind}_not_found")
+    code = kind.replace(" ", "_").replace("-", "_") + "_not_found"
+    return APIError(404, f"no {kind} with id {ident!r}", param=param, code=code)
 
 
 def install_error_handlers(app: FastAPI) -> None:

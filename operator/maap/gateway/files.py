@@ -124,6 +124,8 @@ class FileStore:
             # The validator names the path it read: name the file the client sent.
             message = str(exc).replace(str(path), filename)
             message = message.removeprefix("dataset.path: ")
+            line = re.compile(rf"^{re.escape(filename)}:(\d+):")
+            message = line.sub(lambda m: f"{filename}, line {m.group(1)}:", message)
             raise APIError(400, f"file: {message}", param="file", code="invalid_file") from None
         return len(examples), fmt
 

@@ -17,7 +17,7 @@ from maap.gateway.backend import JobEvent
 from maap.gateway.errors import APIError
 from maap.gateway.jobs import short_id
 
-MAX_LIMIT = 1000
+MAX_LIMIT = 10000
 
 
 def _event_id(job_id: str, key: str) -> str:

@@ -30,6 +30,8 @@ VALIDATION_FILE = PREFIX + "validation-file"
 SUFFIX = PREFIX + "suffix"
 HYPERPARAMETERS = PREFIX + "hyperparameters"
 METADATA = PREFIX + "metadata"
+# Creation time to the microsecond: lists are newest first, and creationTimestamp has seconds.
+CREATED = PREFIX + "created"
 CANCELLED = "maap.dev/cancelled"
 GATEWAY_LABEL = "maap.dev/gateway"
 JOB_ID_PREFIX = "ftjob-"
@@ -114,6 +116,7 @@ def build_finetunejob(
     annotations = {
         TRAINING_FILE: request.training_file,
         HYPERPARAMETERS: asked.model_dump_json(),
+        CREATED: f"{time.time():.6f}",
     }
     if request.validation_file:
         annotations[VALIDATION_FILE] = request.validation_file
@@ -213,6 +216,14 @@ def parse_fine_tuned_model(name: str) -> tuple[str, str] | None:
     if len(parts) != 5 or parts[0] != "ft" or not parts[2] or not parts[4]:
         return None
     return parts[2], JOB_ID_PREFIX + parts[4]
+
+
+def created_order(obj: dict[str, Any]) -> tuple[float, str]:
+    """The key that sorts jobs by creation, to the microsecond."""
+    meta = obj["metadata"]
+    created = (meta.get("annotations") or {}).get(CREATED)
+    at = float(created) if created else float(_unix(meta.get("creationTimestamp")) or 0)
+    return at, meta["name"]
 
 
 def _unix(timestamp: str | None) -> int | None:

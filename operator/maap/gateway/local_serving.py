@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from typing import Any
 
 import httpx
 from maap_api.results import ONNX_ADAPTER_SUFFIX, ONNX_ADAPTERS_DIR, ONNX_BASE_DIR, ONNX_DIR
+from maap_trainer.ports import free_port
 
 from maap.gateway.backend import ServedModel
 from maap.gateway.jobs import fine_tuned_model_name
@@ -36,12 +36,6 @@ READY_TIMEOUT_SECONDS = 300.0
 
 class ServingError(Exception):
     """A server would not start or refused the model; the message says why, in one line."""
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -102,7 +96,7 @@ class ServingPool:
     def _start(
         self, model_dir: Path, name: str, config: Path | None, admin: bool, label: str
     ) -> ModelServer:
-        port = _free_port(self.host)
+        port = free_port(self.host)
         argv = serve_command(config, model_dir, name, self.host, port, python=sys.executable)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         token = None
