@@ -161,13 +161,15 @@ def test_operator_image_installs_no_data_plane_package() -> None:
 # Imported here when installed, skipped quietly when not (checked in a virtualenv with only
 # operator/requirements.txt): oauthlib's optional signals, kubernetes' probe for google.auth
 # (`google` is protobuf's namespace here), setuptools' .pth hook.
-OPTIONAL_IMPORTS = {"blinker", "google", "_distutils_hack"}
+OPTIONAL_IMPORTS = {"blinker", "google", "_distutils_hack", "orjson", "sniffio"}
 
 
 def test_operator_imports_need_only_its_requirements() -> None:
     """Every distribution `maap operator` imports is in operator/requirements.txt."""
     code = (
         "import sys, maap.cli, maap.handlers, maap.progress_api, maap.crd, maap.rbac\n"
+        "import maap.gateway.serve, maap.gateway.app, maap.gateway.kube_backend\n"
+        "import maap.gateway.kube_keys, maap.gateway.local_backend\n"
         "print('\\n'.join(sorted({m.split('.')[0] for m in sys.modules})))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -189,6 +189,15 @@ def openai_status(obj: dict[str, Any]) -> str:
     return "queued"
 
 
+def _finished_at(status: dict[str, Any]) -> int | None:
+    """When the job ended: completionTime, or once serving, when its server became ready
+    (the operator sets completionTime only on Succeeded and Failed)."""
+    if status.get("completionTime"):
+        return _unix(status["completionTime"])
+    ready = [c for c in status.get("conditions") or [] if c.get("type") == "ServingReady"]
+    return _unix(ready[0].get("lastTransitionTime")) if ready else None
+
+
 def _serving_ready(obj: dict[str, Any]) -> bool:
     """The fine-tuned model answers: what `succeeded` means to an OpenAI client."""
     conditions = (obj.get("status") or {}).get("conditions") or []
@@ -254,7 +263,7 @@ def openai_job(obj: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     progress = status.get("progress") or {}
     eta = progress.get("etaSeconds")
     metrics = status.get("metrics") or {}
-    finished = _unix(status.get("completionTime")) if state in TERMINAL else None
+    finished = _finished_at(status) if state in TERMINAL else None
     return {
         "object": "fine_tuning.job",
         "id": meta["name"],
