@@ -24,6 +24,7 @@ import openai
 import pytest
 from maap_trainer.ports import free_port
 
+from tests.export_fixtures import TEST_PARITY
 from tests.gateway_helpers import KEY_A, KEY_B, KEYS
 
 pytestmark = pytest.mark.slow
@@ -37,7 +38,7 @@ STEPS = 6
 SHORT = {
     "training": {"maxSteps": STEPS, "loggingSteps": 1, "checkpointSteps": 2,
                  "maxSeqLength": 128, "batchSize": 4},
-    "export": {"quantization": "default"},
+    "export": {"quantization": "default", "parity": TEST_PARITY},
 }  # fmt: skip
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
