@@ -69,12 +69,18 @@ def job_checkpoints(job: dict[str, Any], model_name: str, history: JobHistory) -
     """The trainer's complete checkpoints, newest first."""
     job_id = job["metadata"]["name"]
     out = []
+    measured = {p.step: p for p in history.points}
     for checkpoint in reversed(history.checkpoints):
         metrics: dict[str, Any] = {"step": float(checkpoint.step)}
-        if checkpoint.train_loss is not None:
-            metrics["train_loss"] = checkpoint.train_loss
-        if checkpoint.valid_loss is not None:
-            metrics["valid_loss"] = checkpoint.valid_loss
+        at_step = measured.get(checkpoint.step)
+        train_loss = at_step.train_loss if at_step else None
+        if train_loss is None:
+            train_loss = checkpoint.train_loss
+        if train_loss is not None:
+            metrics["train_loss"] = train_loss
+        # Only a valid loss measured at this step: an older one would pass for this model's.
+        if at_step is not None and at_step.valid_loss is not None:
+            metrics["valid_loss"] = at_step.valid_loss
         out.append({
             "object": "fine_tuning.job.checkpoint",
             "id": f"ftckpt-{short_id(job_id)}-{checkpoint.step}",
