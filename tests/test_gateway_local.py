@@ -102,12 +102,17 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                 break
         except httpx.HTTPError:
             time.sleep(0.2)
+    gateway = Gateway(process, f"{base}/v1", root / "state", hooks, log)
     try:
-        yield Gateway(process, f"{base}/v1", root / "state", hooks, log)
+        yield gateway
     finally:
+        servers = server_processes(process.pid) if process.poll() is None else []
         process.terminate()
-        process.wait(timeout=60)
+        process.wait(timeout=90)
         receiver.shutdown()
+        # The gateway stops the model servers it started: none outlives it.
+        orphans = [pid for pid in servers if Path(f"/proc/{pid}").exists()]
+        assert not orphans, f"model servers left running: {orphans}"
 
 
 def wait_for(client: openai.OpenAI, job_id: str, done, timeout: float = 1500):
