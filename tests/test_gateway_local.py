@@ -38,7 +38,7 @@ STEPS = 6
 SHORT = {
     "training": {"maxSteps": STEPS, "loggingSteps": 1, "checkpointSteps": 2,
                  "maxSeqLength": 128, "batchSize": 4},
-    "export": {"quantization": "default", "parity": TEST_PARITY},
+    "export": {"parity": TEST_PARITY},
 }  # fmt: skip
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
