@@ -1,4 +1,5 @@
-"""Optional bearer-token auth for the API (token from an environment variable or a file)."""
+"""Optional bearer-token auth for the API (token from an environment variable or a file),
+and the admin API's own token."""
 
 from __future__ import annotations
 
@@ -31,6 +32,23 @@ def load_token(env_name: str | None, file: Path | None) -> str | None:
             raise ConfigError(f"--auth-token-file: {file} is empty")
         return token
     return None
+
+
+def load_admin_token(env_name: str | None, client_token: str | None) -> str | None:
+    """The admin API's token (--admin-token-env), or None when the admin API is off."""
+    if env_name is None:
+        return None
+    token = os.environ.get(env_name, "").strip()
+    if not token:
+        raise ConfigError(
+            f"--admin-token-env: the environment variable {env_name} is unset or empty"
+        )
+    if client_token is not None and hmac.compare_digest(token.encode(), client_token.encode()):
+        raise ConfigError(
+            "--admin-token-env: the admin token must differ from the clients' token, or every "
+            "client could load and unload adapters"
+        )
+    return token
 
 
 def check_bearer(header: str | None, token: str) -> str | None:

@@ -44,6 +44,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="File holding the bearer token clients must send.",
     )
+    parser.add_argument(
+        "--admin-token-env",
+        default=None,
+        metavar="NAME",
+        help="Turn on the admin API (/admin/adapters: load and unload LoRA adapters while "
+        "serving) and take its bearer token from the environment variable NAME; it must "
+        "differ from the clients' token. Without it /admin answers 404.",
+    )
     parser.add_argument("--shutdown-grace-seconds", type=int, default=None)
     parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
                         help="Serve an .onnx_adapter under NAME as well (repeatable).")  # fmt: skip
@@ -100,7 +108,7 @@ def run_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from maap_trainer.ports import ensure_port_free
-    from maap_trainer.serve.auth import load_token
+    from maap_trainer.serve.auth import load_admin_token, load_token
     from maap_trainer.serve.common import DrainingServer
     from maap_trainer.serve.server import ServerSettings, create_app
 
@@ -117,14 +125,20 @@ def run_serve(args: argparse.Namespace) -> None:
         if not path.is_file():
             raise ConfigError(f"--adapter {name}={path}: no such file")
     token_file = Path(cfg.auth_token_file) if cfg.auth_token_file else None
+    auth_token = load_token(cfg.auth_token_env, token_file)
+    if classifier and args.admin_token_env:
+        raise ConfigError(
+            "--admin-token-env: the admin API loads LoRA adapters, which classifiers do not take"
+        )
     settings = ServerSettings(
         model_dir=model_dir,
         model_name=args.model_name or model_dir.resolve().parent.name,
         max_tokens_limit=cfg.max_tokens_limit,
         max_batch_size=cfg.max_batch_size,
         max_queue=cfg.max_queue,
-        auth_token=load_token(cfg.auth_token_env, token_file),
+        auth_token=auth_token,
         adapters=adapters,
+        admin_token=load_admin_token(args.admin_token_env, auth_token),
         shutdown_grace_seconds=cfg.shutdown_grace_seconds,
     )
     if name_clash := set(adapters) & {settings.model_name}:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from maap_trainer.serve.scheduler import Generation
+from maap_trainer.serve.generation import Generation
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 RATE_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
@@ -58,6 +58,9 @@ class ServerMetrics:
             "maap_generations_in_flight", "Generations accepted and not finished.", registry=r
         )
         self.ready = Gauge("maap_model_ready", "1 once the model is loaded.", registry=r)
+        self.adapters = Gauge(
+            "maap_adapters_loaded", "LoRA adapters served beside the base model.", registry=r
+        )
 
     def watch(self, queue_depth: Callable[[], float], in_flight: Callable[[], float]) -> None:
         """Gauges read at scrape time from the scheduler."""

@@ -1,24 +1,31 @@
 """An exported model loaded into ONNX Runtime GenAI: model, tokenizer, chat template, adapters.
 
 The HTTP layer never touches onnxruntime_genai; it goes through this and the scheduler.
+LoRA adapters need a base exported with LoRA slots (export.adapter: true writes
+`lora_slots.json` beside it); they are loaded under a key and checked with a one-token
+generation, since ONNX Runtime reads an adapter file without comparing it to the model.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from maap_api.errors import ConfigError
+from maap_trainer.serve.adapters import AdapterRejected, runtime_message
+
+# What the export stage writes beside a base exported with LoRA slots (export.adapter: true).
+LORA_SLOTS_FILE = "lora_slots.json"
+NO_LORA_INPUTS = (
+    "this model has no LoRA inputs, so it cannot take adapters; export it with "
+    "export.adapter: true and serve its onnx-base/ directory"
+)
 
 
 class ModelRuntime:
     """Loads a GenAI export directory (genai_config.json, weights, tokenizer)."""
 
-    def __init__(
-        self, model_dir: Path, max_batch_size: int, adapters: Mapping[str, Path] | None = None
-    ) -> None:
+    def __init__(self, model_dir: Path, max_batch_size: int) -> None:
         import onnxruntime_genai as og
 
         # The serving pod has no route out; the library would otherwise try to send telemetry.
@@ -38,15 +45,47 @@ class ModelRuntime:
         self.context_length = int(model_section.get("context_length", 2048))
         self.eos_token_ids = frozenset(_as_list(model_section.get("eos_token_id", [])))
         self.chat_template = _load_chat_template(model_dir)
-        self.adapter_names: tuple[str, ...] = ()
-        self.adapters: Any = None
-        if adapters:
-            self.adapters = og.Adapters(self.model)
-            for name, path in adapters.items():
-                if not path.is_file():
-                    raise ConfigError(f"--adapter {name}={path}: no such file")
-                self.adapters.load(str(path), name)
-            self.adapter_names = tuple(adapters)
+        self.has_lora_inputs = (model_dir / LORA_SLOTS_FILE).is_file()
+        self.adapters: Any = og.Adapters(self.model) if self.has_lora_inputs else None
+
+    def load_adapter(self, key: str, path: Path) -> None:
+        """Load an .onnx_adapter under key, or raise AdapterRejected saying why not.
+
+        Not thread-safe: call it before the scheduler starts, or on the scheduler's thread.
+        """
+        if self.adapters is None:
+            raise AdapterRejected(NO_LORA_INPUTS)
+        try:
+            self.adapters.load(str(path), key)
+        except Exception as exc:
+            raise AdapterRejected(f"ONNX Runtime cannot load it: {runtime_message(exc)}") from None
+        try:
+            self._generate_one_token(key)
+        except Exception as exc:
+            self.adapters.unload(key)
+            raise AdapterRejected(
+                f"its tensors do not fit this model: {runtime_message(exc)}"
+            ) from None
+
+    def unload_adapter(self, key: str) -> None:
+        """Raises while a generator still holds the adapter. Same thread rules as loading."""
+        self.adapters.unload(key)
+
+    def _generate_one_token(self, adapter_key: str) -> None:
+        """A model run with the adapter's tensors as inputs: ONNX Runtime checks every name,
+        shape and type against the graph's."""
+        import numpy as np
+
+        prompt = self.encode("Hello") or sorted(self.eos_token_ids)[:1] or [0]
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(prompt) + 1, do_sample=False)
+        generator = self.og.Generator(self.model, params)
+        try:
+            generator.set_active_adapter(self.adapters, adapter_key)
+            generator.append_tokens(np.asarray(prompt, dtype=np.int32))
+            generator.generate_next_token()
+        finally:
+            del generator  # releases the adapter, which may be unloaded next
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         if self.chat_template is None:

@@ -11,22 +11,46 @@ Two kinds of request cannot go through a static engine: a seeded sampling reques
 engine takes a per-request seed only with dynamic batching) and a request for a LoRA adapter
 (engine requests have no adapter switch). Those run on their own `og.Generator`, stepped by
 the same thread between engine steps, at most `max_batch_size` at a time.
+
+Adapters are loaded and unloaded by that thread too, between steps (`run_in_loop`), so a
+change never races a running step. An adapter taken out of service (`retire_adapter`)
+serves no new request at once; the generations already accepted for it finish, and its
+memory is released once the last one has (ONNX Runtime refuses to unload an adapter a
+generator still holds).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from maap_trainer.serve.generation import (
+    AdapterUnavailable,
+    Decoder,
+    Draining,
+    Generation,
+    GenerationFailed,
+    QueueFull,
+    SamplingOptions,
+)
 from maap_trainer.serve.runtime import ModelRuntime
-from maap_trainer.serve.textstream import StopMatcher
+
+__all__ = [
+    "AdapterUnavailable",
+    "Draining",
+    "Generation",
+    "GenerationFailed",
+    "QueueFull",
+    "SamplingOptions",
+    "Scheduler",
+]
 
 log = logging.getLogger("maap.serve.scheduler")
 
@@ -38,147 +62,27 @@ ADMISSION_QUIET_SECONDS = 0.015
 ADMISSION_MAX_SECONDS = 0.1
 
 
-class QueueFull(Exception):
-    """Every batch slot and queue place is taken."""
-
-
-class Draining(Exception):
-    """The server is shutting down and takes no new work."""
-
-
-class GenerationFailed(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    max_tokens: int
-    min_tokens: int = 0
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 50
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
-
-_DONE = object()
-
-
-class Generation:
-    """One request: its text arrives on an asyncio queue, filled by the scheduler thread."""
-
-    def __init__(
-        self, prompt_ids: list[int], options: SamplingOptions, adapter: str | None = None
-    ) -> None:
-        self.prompt_ids = prompt_ids
-        self.options = options
-        self.adapter = adapter
-        self.completion_tokens = 0
-        self.finish_reason: str | None = None
-        self.error: str | None = None
-        self.submitted_at = time.monotonic()
-        self.first_token_at: float | None = None
-        self.finished_at: float | None = None
-        self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.prompt_ids)
-
-    @property
-    def time_to_first_token(self) -> float | None:
-        return None if self.first_token_at is None else self.first_token_at - self.submitted_at
-
-    @property
-    def decode_tokens_per_second(self) -> float | None:
-        """Tokens after the first one over the time they took (the decode rate)."""
-        if self.first_token_at is None or self.finished_at is None or self.completion_tokens < 2:
-            return None
-        seconds = self.finished_at - self.first_token_at
-        return (self.completion_tokens - 1) / seconds if seconds > 0 else None
-
-    def push(self, item: object) -> None:
-        """From the scheduler thread."""
-        # RuntimeError: the event loop is gone, so nobody is listening any more.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-
-    async def pieces(self) -> AsyncIterator[str]:
-        while True:
-            item = await self._queue.get()
-            if item is _DONE:
-                if self.error is not None:
-                    raise GenerationFailed(self.error)
-                return
-            assert isinstance(item, str)
-            yield item
-
-    async def text(self) -> str:
-        return "".join([piece async for piece in self.pieces()])
-
-
-class _Decoder:
-    """Tokens to text for one generation: end of sequence, stop sequences, max_tokens."""
-
-    def __init__(self, generation: Generation, runtime: ModelRuntime, on_finish: Any) -> None:
-        self.generation = generation
-        self.stream = runtime.create_stream()
-        self.matcher = StopMatcher(generation.options.stop)
-        self.eos = runtime.eos_token_ids
-        self.done = False
-        self._on_finish = on_finish
-
-    def on_token(self, token: int) -> bool:
-        """Take one generated token; True once the generation is finished."""
-        g = self.generation
-        if g.first_token_at is None:
-            g.first_token_at = time.monotonic()
-        if token in self.eos:
-            return self.finish("stop")
-        g.completion_tokens += 1
-        text = self.matcher.feed(self.stream.decode(token))
-        if text:
-            g.push(text)
-        if self.matcher.stopped:
-            return self.finish("stop")
-        if g.completion_tokens >= g.options.max_tokens:
-            return self.finish("length")
-        return False
-
-    def finish(self, reason: str, error: str | None = None) -> bool:
-        if self.done:
-            return True
-        self.done = True
-        g = self.generation
-        tail = self.matcher.flush()
-        if tail and error is None:
-            g.push(tail)
-        g.finish_reason, g.error, g.finished_at = reason, error, time.monotonic()
-        g.push(_DONE)
-        self._on_finish(g)
-        return True
-
-
 @dataclass
 class _EngineSlot:
     request: Any
     turn: int
-    decoder: _Decoder
+    decoder: Decoder
 
 
 @dataclass
 class _GeneratorSlot:
     generator: Any
-    decoder: _Decoder
+    decoder: Decoder
 
 
 class Scheduler:
-    def __init__(self, runtime: ModelRuntime, max_batch_size: int, max_queue: int) -> None:
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        max_batch_size: int,
+        max_queue: int,
+        adapter_keys: Iterable[str] = (),
+    ) -> None:
         og = runtime.og
         self.runtime = runtime
         self.max_batch_size = max_batch_size
@@ -200,6 +104,11 @@ class Scheduler:
         self._draining = False
         self._stopping = False
         self.broken: str | None = None
+        # Adapters requests may name, and those waiting for their last generation to end.
+        self._adapter_keys: set[str] = set(adapter_keys)
+        self._retired_adapters: set[str] = set()
+        self._reap_due = False
+        self._loop_tasks: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         # Owned by the scheduler thread.
         self._engine_slots: dict[Any, _EngineSlot] = {}
         self._generator_slots: dict[Generation, _GeneratorSlot] = {}
@@ -223,6 +132,8 @@ class Scheduler:
                 raise Draining
             if len(self._inflight) >= self.capacity:
                 raise QueueFull
+            if generation.adapter is not None and generation.adapter not in self._adapter_keys:
+                raise AdapterUnavailable(generation.adapter)
             self._inflight.add(generation)
             self._incoming.append(generation)
             self._lock.notify_all()
@@ -233,6 +144,49 @@ class Scheduler:
             if generation in self._inflight:
                 self._cancelled.append(generation)
                 self._lock.notify_all()
+
+    def run_in_loop(self, task: Callable[[], Any]) -> Future[Any]:
+        """Run task on the scheduler thread between two steps; its result or exception."""
+        future: Future[Any] = Future()
+        with self._lock:
+            if self.broken is not None:
+                raise GenerationFailed(self.broken)
+            if self._stopping:
+                raise Draining
+            self._loop_tasks.append((task, future))
+            self._lock.notify_all()
+        return future
+
+    def load_adapter(self, key: str, load: Callable[[], None]) -> Future[Any]:
+        """Load an adapter on the scheduler thread (`load` does it); then requests may use key."""
+
+        def load_and_enable() -> None:
+            load()
+            with self._lock:
+                self._adapter_keys.add(key)
+
+        return self.run_in_loop(load_and_enable)
+
+    def retire_adapter(self, key: str) -> int:
+        """No new request may use key; it is unloaded once the accepted ones finish.
+
+        Returns how many accepted generations still use it.
+        """
+        with self._lock:
+            self._adapter_keys.discard(key)
+            self._retired_adapters.add(key)
+            self._reap_due = True
+            self._lock.notify_all()
+            return sum(1 for g in self._inflight if g.adapter == key)
+
+    def adapter_in_flight(self, key: str) -> int:
+        with self._lock:
+            return sum(1 for g in self._inflight if g.adapter == key)
+
+    def adapter_unloading(self, key: str) -> bool:
+        """Retired, and still held by a generation (or its unload failed and waits a retry)."""
+        with self._lock:
+            return key in self._retired_adapters
 
     @property
     def queue_depth(self) -> int:
@@ -275,18 +229,30 @@ class Scheduler:
         try:
             while True:
                 with self._lock:
-                    while not (self._incoming or self._cancelled or self._busy() or self._stopping):
+                    while not (
+                        self._incoming
+                        or self._cancelled
+                        or self._loop_tasks
+                        or self._reap_due
+                        or self._busy()
+                        or self._stopping
+                    ):
                         self._lock.wait()
                     if self._stopping and not self._busy() and not self._incoming:
+                        self._refuse_loop_tasks(Draining())
                         return
                     self._gather_burst()
                     incoming = list(self._incoming)
                     self._incoming.clear()
                     cancelled = list(self._cancelled)
                     self._cancelled.clear()
+                    tasks = list(self._loop_tasks)
+                    self._loop_tasks.clear()
+                for task, future in tasks:
+                    _run_task(task, future)
                 for generation in incoming:
                     if generation in cancelled:  # gone before it started
-                        _Decoder(generation, self.runtime, self._finished).finish("cancelled")
+                        Decoder(generation, self.runtime, self._finished).finish("cancelled")
                     else:
                         self._start(generation)
                 for generation in cancelled:
@@ -294,6 +260,7 @@ class Scheduler:
                         self._cancel(generation)
                 self._step_engine()
                 self._step_generators()
+                self._unload_retired_adapters()
         except Exception as exc:  # a broken runtime: fail everything, refuse new work
             log.exception("the generation loop failed")
             self._fail_all(f"{type(exc).__name__}: {exc}")
@@ -320,7 +287,31 @@ class Scheduler:
     def _finished(self, generation: Generation) -> None:
         with self._lock:
             self._inflight.discard(generation)
+            if self._retired_adapters:  # this one's, or one whose unload waits for a retry
+                self._reap_due = True
             self._lock.notify_all()
+
+    def _unload_retired_adapters(self) -> None:
+        """Unload the retired adapters no accepted generation uses any more.
+
+        Runs after the step, when the generators of finished generations are gone (a
+        finished generation leaves `_inflight` while its generator slot is still held).
+        """
+        with self._lock:
+            if not self._reap_due:
+                return
+            self._reap_due = False
+            in_use = {g.adapter for g in self._inflight}
+            idle = self._retired_adapters - in_use
+        for key in idle:
+            try:
+                self.runtime.unload_adapter(key)
+            except Exception as exc:  # still held somewhere: retried when a generation ends
+                log.warning("adapter %s is not unloaded yet: %s", key, exc)
+                continue
+            with self._lock:
+                self._retired_adapters.discard(key)
+            log.info("adapter %s unloaded", key)
 
     def _needs_generator(self, generation: Generation) -> bool:
         if generation.adapter is not None:
@@ -329,7 +320,7 @@ class Scheduler:
         return options.seed is not None and not options.greedy and not self.runtime.dynamic_batching
 
     def _start(self, generation: Generation) -> None:
-        decoder = _Decoder(generation, self.runtime, self._finished)
+        decoder = Decoder(generation, self.runtime, self._finished)
         try:
             if self._needs_generator(generation):
                 if len(self._generator_slots) < self.max_batch_size:
@@ -362,7 +353,7 @@ class Scheduler:
         turn = request.begin_turn(np.asarray(generation.prompt_ids, dtype=np.int32), turn_options)
         return request, turn
 
-    def _new_generator(self, decoder: _Decoder) -> _GeneratorSlot:
+    def _new_generator(self, decoder: Decoder) -> _GeneratorSlot:
         import numpy as np
 
         og, generation = self._og, decoder.generation
@@ -398,7 +389,7 @@ class Scheduler:
             gslot.decoder.finish("cancelled")
         elif generation in self._generator_waiting:
             self._generator_waiting.remove(generation)
-            _Decoder(generation, self.runtime, self._finished).finish("cancelled")
+            Decoder(generation, self.runtime, self._finished).finish("cancelled")
 
     def _cancel_turn(self, slot: _EngineSlot) -> None:
         # RuntimeError: the turn already ended; its TURN_FINISHED event is on its way.
@@ -445,16 +436,33 @@ class Scheduler:
                 del self._generator_slots[generation]
         while self._generator_waiting and len(self._generator_slots) < self.max_batch_size:
             generation = self._generator_waiting.popleft()
-            decoder = _Decoder(generation, self.runtime, self._finished)
+            decoder = Decoder(generation, self.runtime, self._finished)
             try:
                 self._generator_slots[generation] = self._new_generator(decoder)
             except Exception as exc:
                 decoder.finish("error", f"{type(exc).__name__}: {exc}")
 
+    def _refuse_loop_tasks(self, error: BaseException) -> None:
+        """With the lock held: the loop ends; the tasks still queued will never run."""
+        for _, future in self._loop_tasks:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)
+        self._loop_tasks.clear()
+
     def _fail_all(self, message: str) -> None:
         with self._lock:
             self.broken = message
             pending = list(self._inflight)
+            self._refuse_loop_tasks(GenerationFailed(message))
         for generation in pending:
             if generation.finished_at is None:
-                _Decoder(generation, self.runtime, self._finished).finish("error", message)
+                Decoder(generation, self.runtime, self._finished).finish("error", message)
+
+
+def _run_task(task: Callable[[], Any], future: Future[Any]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(task())
+    except Exception as exc:  # the caller's to report
+        future.set_exception(exc)

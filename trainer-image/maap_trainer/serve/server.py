@@ -2,7 +2,8 @@
 
 Endpoints: /v1/chat/completions and /v1/completions (streaming over SSE and not),
 /v1/models, /healthz (the process is up), /readyz (model loaded, not shutting down) and
-/metrics (Prometheus). Every bad request gets a 4xx with an OpenAI-style error body:
+/metrics (Prometheus); with an admin token, /admin/adapters loads and unloads LoRA adapters
+while the server runs (admin.py). Every bad request gets a 4xx with an OpenAI-style error body:
 {"error": {"message", "type", "param", "code"}}. On SIGTERM the server stops taking work,
 reports not-ready, and lets running generations finish (up to the grace period).
 """
@@ -21,8 +22,11 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
+from maap_api.errors import ConfigError
 from starlette.concurrency import run_in_threadpool
 
+from maap_trainer.serve.adapters import AdapterRegistry, AdapterRejected, served_name
+from maap_trainer.serve.admin import install_admin
 from maap_trainer.serve.common import install_common
 from maap_trainer.serve.metrics import ServerMetrics
 from maap_trainer.serve.protocol import (
@@ -36,6 +40,7 @@ from maap_trainer.serve.protocol import (
 )
 from maap_trainer.serve.runtime import ModelRuntime
 from maap_trainer.serve.scheduler import (
+    AdapterUnavailable,
     Draining,
     Generation,
     GenerationFailed,
@@ -57,7 +62,8 @@ class ServerSettings:
     max_batch_size: int = 8
     max_queue: int = 64
     auth_token: str | None = None
-    adapters: dict[str, Path] = field(default_factory=dict)
+    adapters: dict[str, Path] = field(default_factory=dict)  # loaded at startup
+    admin_token: str | None = None  # None: no /admin API
     shutdown_grace_seconds: float = 30.0
 
 
@@ -69,6 +75,7 @@ class ServerState:
         self.metrics = ServerMetrics()
         self.runtime: ModelRuntime | None = None
         self.scheduler: Scheduler | None = None
+        self.adapters = AdapterRegistry()
         self.load_error: str | None = None
         self.draining = False
 
@@ -76,19 +83,32 @@ class ServerState:
         s = self.settings
         started = time.monotonic()
         try:
-            runtime = ModelRuntime(s.model_dir, s.max_batch_size, s.adapters)
-            scheduler = Scheduler(runtime, s.max_batch_size, s.max_queue)
+            runtime = ModelRuntime(s.model_dir, s.max_batch_size)
+            keys = {name: self.adapters.new_key(name) for name in s.adapters}
+            for name, path in s.adapters.items():
+                try:
+                    runtime.load_adapter(keys[name], path)
+                except AdapterRejected as exc:
+                    raise ConfigError(f"--adapter {name}={path}: {exc}") from None
+            scheduler = Scheduler(runtime, s.max_batch_size, s.max_queue, keys.values())
+        except ConfigError as exc:
+            self.load_error = str(exc)
+            log.error("the model failed to load: %s", exc)
+            return
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("the model failed to load")
             return
+        for name, path in s.adapters.items():
+            self.adapters.add(name, path, path.stat().st_size, keys[name], "startup")
         self.metrics.watch(lambda: scheduler.queue_depth, lambda: scheduler.in_flight)
+        self.metrics.adapters.set_function(lambda: len(self.adapters.served()))
         self.runtime, self.scheduler = runtime, scheduler
         self.metrics.ready.set(1)
         log.info("model loaded from %s in %.1fs", s.model_dir, time.monotonic() - started)
 
-    def require(self) -> tuple[ModelRuntime, Scheduler]:
-        if self.draining:
+    def require(self, while_draining: bool = False) -> tuple[ModelRuntime, Scheduler]:
+        if self.draining and not while_draining:
             raise APIError(503, "the server is shutting down", code="server_shutting_down")
         if self.runtime is None or self.scheduler is None:
             raise APIError(
@@ -105,16 +125,19 @@ class ServerState:
         self.metrics.ready.set(0)
 
     def served_names(self) -> list[str]:
-        return [self.settings.model_name, *self.settings.adapters]
+        return [self.settings.model_name, *(a.name for a in self.adapters.served())]
 
     def adapter_for(self, requested: str | None) -> str | None:
-        """The adapter a request's `model` names; None for the model itself."""
+        """The runtime key of the adapter a request's `model` names; None for the model."""
         if requested is None or requested == self.settings.model_name:
             return None
-        if requested in self.settings.adapters:
-            return requested
+        if (adapter := self.adapters.get(requested)) is not None:
+            return adapter.key
+        raise self.no_such_model(requested)
+
+    def no_such_model(self, requested: str | None) -> APIError:
         served = ", ".join(repr(n) for n in self.served_names())
-        raise APIError(
+        return APIError(
             404,
             f"model {requested!r} does not exist; this server serves {served}",
             param="model",
@@ -147,15 +170,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="maap model server", lifespan=lifespan)
     app.state.server = state
     api = install_common(app, state.metrics, readiness, settings.auth_token)
+    if settings.admin_token is not None:
+        install_admin(app, state, settings.admin_token)
 
     @api.get("/models")
     async def models() -> dict[str, Any]:
         data = [{"id": settings.model_name, "object": "model", "created": 0, "owned_by": "maap"}]
-        data += [
-            {"id": name, "object": "model", "created": 0, "owned_by": "maap",
-             "parent": settings.model_name}
-            for name in settings.adapters
-        ]  # fmt: skip
+        data += [a.model_object(settings.model_name) for a in state.adapters.served()]
         return {"object": "list", "data": data}
 
     @api.post("/chat/completions", response_model=None)
@@ -173,7 +194,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             body, body.requested_max_tokens, len(ids), runtime.context_length,
             settings.max_tokens_limit, "messages",
         )  # fmt: skip
-        generation = submit(scheduler, ids, options, adapter)
+        generation = submit(scheduler, ids, options, adapter, state)
         reply = Reply("chat.completion", body.model or settings.model_name)
         if body.stream:
             chunks = reply.chat_chunks(generation, body.include_usage)
@@ -192,7 +213,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             body, body.max_tokens or DEFAULT_COMPLETION_TOKENS, len(ids),
             runtime.context_length, settings.max_tokens_limit, "prompt",
         )  # fmt: skip
-        generation = submit(scheduler, ids, options, adapter)
+        generation = submit(scheduler, ids, options, adapter, state)
         reply = Reply("text_completion", body.model or settings.model_name)
         if body.stream:
             chunks = reply.completion_chunks(generation, body.include_usage)
@@ -269,11 +290,17 @@ def sampling_options(
 
 
 def submit(
-    scheduler: Scheduler, ids: list[int], options: SamplingOptions, adapter: str | None
+    scheduler: Scheduler,
+    ids: list[int],
+    options: SamplingOptions,
+    adapter: str | None,
+    state: ServerState,
 ) -> Generation:
     generation = Generation(ids, options, adapter)
     try:
         scheduler.submit(generation)
+    except AdapterUnavailable:  # unloaded between the lookup and now
+        raise state.no_such_model(served_name(adapter)) from None
     except QueueFull:
         raise APIError(
             429,
