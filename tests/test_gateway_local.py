@@ -24,7 +24,6 @@ import openai
 import pytest
 from maap_trainer.ports import free_port
 
-from tests.export_fixtures import TEST_PARITY
 from tests.gateway_helpers import KEY_A, KEY_B, KEYS
 
 pytestmark = pytest.mark.slow
@@ -38,7 +37,8 @@ STEPS = 6
 SHORT = {
     "training": {"maxSteps": STEPS, "loggingSteps": 1, "checkpointSteps": 2,
                  "maxSeqLength": 128, "batchSize": 4},
-    "export": {"parity": TEST_PARITY},
+    # The export keeps the default parity gate: on 3 short prompts, int4 agreement of a
+    # fine-tune of 6 steps lands on either side of 70% by chance.
 }  # fmt: skip
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
