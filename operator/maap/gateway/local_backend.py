@@ -116,6 +116,7 @@ class LocalBackend:
             if self.running == (namespace, job_id):
                 self._signal_child(signal.SIGTERM)  # training checkpoints, then exits
         else:
+            self._condition(namespace, job_id, "Suspended", "False", "Resumed", "resumed")
             self.store.add_event(namespace, job_id, "info", "Fine-tuning job resumed")
             self.queue.put((namespace, job_id))
         return obj

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Container, Iterator, MutableMapping
 from typing import Any
 
 import uvicorn
@@ -51,14 +51,11 @@ class RequestMetrics:
         await self.app(scope, receive, counting_send)
 
 
-def install_common(
-    app: FastAPI,
-    metrics: ServerMetrics,
-    readiness: Callable[[], tuple[str, str | None]],
-    auth_token: str | None,
-) -> APIRouter:
-    """Error handlers, metrics, /healthz, /readyz, /metrics; returns the /v1 router (auth)."""
-    app.add_middleware(RequestMetrics, metrics=metrics)
+def install_error_handlers(
+    app: FastAPI, skip: Container[str] = frozenset({"body", *_UNION_BRANCHES})
+) -> None:
+    """OpenAI-style error bodies for APIError, unknown routes and invalid requests (`skip`:
+    location parts that are no field, such as FastAPI's `body`)."""
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -81,10 +78,22 @@ def install_common(
         if first.get("type") == "json_invalid":
             message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error')}"
             return JSONResponse(error_body(message, "invalid_request_error"), 400)
-        problems = field_errors(exc.errors(), style="param", skip={"body", *_UNION_BRANCHES})
+        problems = field_errors(exc.errors(), style="param", skip=skip)
         message = "; ".join(str(p) for p in problems)
         param = problems[0].field or None
         return JSONResponse(error_body(message, "invalid_request_error", param), 400)
+
+
+def install_common(
+    app: FastAPI,
+    metrics: ServerMetrics,
+    readiness: Callable[[], tuple[str, str | None]],
+    auth_token: str | None,
+) -> APIRouter:
+    """Error handlers, metrics, /healthz, /readyz, /metrics; returns the /v1 router (auth)."""
+    app.add_middleware(RequestMetrics, metrics=metrics)
+
+    install_error_handlers(app)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
