@@ -31,7 +31,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Loc
     state = tmp_path_factory.mktemp("gateway")
     files = FileStore(state / "files")
     backend = LocalBackend(state, files, serve=False)  # worker not started: jobs stay queued
-    app = create_app(backend, StaticKeys(KEYS), files, GatewaySettings(b"k" * 32))
+    settings = GatewaySettings(b"k" * 32, run_backend=False)
+    app = create_app(backend, StaticKeys(KEYS), files, settings)
     with serving_app(app) as base:
         yield base, backend
 

@@ -213,8 +213,9 @@ def test_fine_tune_pause_resume_serve_and_share_one_base(gateway: Gateway) -> No
             arrivals.append(time.monotonic() - started)
             pieces.append(chunk.choices[0].delta.content)
     assert len(pieces) >= 5, pieces
-    # Passed through as generated: the first piece arrived well before the last one.
-    assert arrivals[0] < arrivals[-1] / 2, arrivals
+    # Passed through as generated, not buffered: the pieces came in many separate reads
+    # (a buffered answer arrives in one read, its pieces microseconds apart).
+    assert len({round(at, 3) for at in arrivals}) >= len(arrivals) // 2, arrivals
     completion = team_a.completions.create(model=done.fine_tuned_model, prompt="Ahoy", max_tokens=8)
     assert completion.choices[0].text is not None
 

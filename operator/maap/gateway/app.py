@@ -43,6 +43,9 @@ class GatewaySettings:
     file_secret: bytes
     webhooks: WebhookSender | None = None
     watch_interval_seconds: float = 2.0
+    # Start the backend's work (the local worker) with the app, and stop it (and the model
+    # servers it started) when the app shuts down.
+    run_backend: bool = True
     # Called with each job's object once, when it first becomes terminal (tests, logs).
     on_terminal: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
 
@@ -54,6 +57,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Here, not around uvicorn.run: uvicorn re-raises SIGTERM once shut down, so code
+        # after it never runs, and the model servers the backend started would outlive it.
+        start, close = getattr(backend, "start", None), getattr(backend, "close", None)
+        if settings.run_backend and start is not None:
+            await run_in_threadpool(start)
         watcher = None
         if settings.webhooks is not None:
             watcher = asyncio.create_task(
@@ -63,6 +71,8 @@ def create_app(
         if watcher is not None:
             watcher.cancel()
         await router.close()
+        if settings.run_backend and close is not None:
+            await run_in_threadpool(close)
 
     app = FastAPI(title="maap gateway", lifespan=lifespan)
     app.state.backend = backend

@@ -86,15 +86,7 @@ def run_gateway(options: GatewayOptions) -> None:
         )
         backend = KubeBackend(api, namespace, options.internal_url, file_secret)
     app = create_app(backend, keys, files, GatewaySettings(file_secret, webhooks))
-    start = getattr(backend, "start", None)
-    if start is not None:
-        start()
-    try:
-        uvicorn.run(app, host=options.host, port=options.port, log_level="info")
-    finally:
-        close = getattr(backend, "close", None)
-        if close is not None:
-            close()
+    uvicorn.run(app, host=options.host, port=options.port, log_level="info")
 
 
 def _own_namespace() -> str:
