@@ -224,3 +224,16 @@ def test_locations_with_brackets_are_printed_as_written(tmp_path) -> None:
     result = CliRunner().invoke(app, ["validate", str(manifest)])
     assert result.exit_code == 2, result.output
     assert "hf://datasets/org/name[@revision][/file]" in " ".join(result.stderr.split())
+
+
+def test_rbac_gateway_prints_the_gateways_bindings() -> None:
+    import yaml
+
+    result = maap("rbac", "--gateway", "--namespace", "platform")
+    assert result.returncode == 0, result.stderr
+    documents = list(yaml.safe_load_all(result.stdout))
+    kinds = [d["kind"] for d in documents]
+    assert kinds == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
+    assert documents[0]["metadata"]["namespace"] == "platform"
+    jobs_rule = next(r for r in documents[1]["rules"] if "finetunejobs" in r["resources"])
+    assert {"create", "patch"} <= set(jobs_rule["verbs"]) and "delete" not in jobs_rule["verbs"]

@@ -139,10 +139,18 @@ def rbac(
         bool,
         typer.Option(help="Print only the rules, split by scope, as the Helm chart reads them."),
     ] = False,
+    gateway: Annotated[
+        bool, typer.Option(help="Print the gateway's (`maap gateway --kube`) instead.")
+    ] = False,
 ) -> None:
     """Print the operator's least-privilege ServiceAccount, ClusterRole and binding."""
-    from maap.rbac import render_chart_rules, render_rbac
+    import yaml
 
+    from maap.rbac import render_chart_rules, render_gateway_rbac, render_rbac
+
+    if gateway:
+        sys.stdout.write(yaml.safe_dump_all(render_gateway_rbac(namespace), sort_keys=False))
+        return
     sys.stdout.write(render_chart_rules() if chart_rules else render_rbac(namespace))
 
 
