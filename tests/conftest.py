@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 from maap_trainer.ports import free_port as free_port  # the tests' free port, re-exported
 
+from tests.adapter_fixtures import exported as exported  # two LoRA fine-tunes, exported
+from tests.adapter_fixtures import fine_tunes as fine_tunes
+from tests.export_fixtures import int4_export as int4_export  # one int4 export per run
 from tests.servers.fixtures import s3_server as s3_server  # a real S3 server, session-wide
 
 REPO = Path(__file__).resolve().parent.parent

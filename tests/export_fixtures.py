@@ -1,8 +1,9 @@
 """Real exports of the base SmolLM2 checkpoint, shared by the export and server tests.
 
 The base checkpoint is a valid "merged" model, so a job directory whose `merged/` points
-at it exports like a fine-tune would, without training first. Imported by test modules
-(`from tests.export_fixtures import int4_export`), built once per session.
+at it exports like a fine-tune would, without training first. Registered once in
+tests/conftest.py, so each is built once per run (a fixture imported into several test
+modules would be built once per module).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.conftest import PIRATE_DATA
 
 # Small enough to keep the gate to seconds, large enough to mean something.
 TEST_PARITY = {"prompts": ["What is the capital of France?", "Why is the sky blue?",
@@ -42,7 +41,7 @@ def job_config(output_dir: Path, export: dict[str, Any]) -> Any:
         {
             "jobName": "base",
             "model": {"preset": "smollm2-135m-instruct"},
-            "dataset": {"path": str(PIRATE_DATA / "train.jsonl")},
+            "dataset": {"path": str(_pirate_data() / "train.jsonl")},
             "export": export,
             "outputDir": str(output_dir),
         }
@@ -71,3 +70,11 @@ def int4_export(base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     run = export_base(base_model_dir, out, {"precision": "int4", "parity": TEST_PARITY})
     assert json.loads((out / "export.json").read_text())["precision"] == "int4"
     return run
+
+
+def _pirate_data() -> Path:
+    # Imported when called: conftest registers this module's fixtures, so importing it at
+    # the top would be circular.
+    from tests.conftest import PIRATE_DATA
+
+    return PIRATE_DATA

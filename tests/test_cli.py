@@ -14,7 +14,6 @@ import yaml
 from maap.crd import render_crd
 
 from tests.conftest import EXAMPLE_MANIFEST, PIRATE_DATA
-from tests.export_fixtures import int4_export  # noqa: F401
 
 
 def maap(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -175,7 +174,7 @@ def test_maap_serve_keeps_the_jobs_auth(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_maap_serve_of_a_run_output_serves_with_its_auth_and_limits(
     tmp_path: Path,
-    int4_export,  # noqa: F811
+    int4_export,
 ) -> None:
     import httpx
 

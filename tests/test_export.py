@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tests.export_fixtures import TEST_PARITY, ExportRun, export_base, int4_export  # noqa: F401
+from tests.export_fixtures import TEST_PARITY, ExportRun, export_base
 
 # -- spec and command line (fast) -------------------------------------------------------
 
@@ -95,7 +95,7 @@ def test_fp32_export_matches_pytorch_token_for_token(base_model_dir: Path, tmp_p
 
 
 @pytest.mark.slow
-def test_int4_export_keeps_tokenizer_and_reports_parity(int4_export: ExportRun) -> None:  # noqa: F811
+def test_int4_export_keeps_tokenizer_and_reports_parity(int4_export: ExportRun) -> None:
     onnx, info = int4_export.onnx, int4_export.info
     for name in ("genai_config.json", "model.onnx", "tokenizer.json", "chat_template.jinja"):
         assert (onnx / name).is_file(), name
@@ -126,7 +126,7 @@ def just_failing(parity: dict) -> tuple[dict, str]:
 def test_a_strict_gate_rejects_the_export_with_one_line(
     base_model_dir: Path,
     tmp_path: Path,
-    int4_export: ExportRun,  # noqa: F811
+    int4_export: ExportRun,
 ) -> None:
     from maap_trainer.export import ExportError
 
@@ -145,7 +145,7 @@ def test_a_strict_gate_rejects_the_export_with_one_line(
 def test_export_stage_exits_2_with_the_reason_in_the_termination_log(
     base_model_dir: Path,
     tmp_path: Path,
-    int4_export: ExportRun,  # noqa: F811
+    int4_export: ExportRun,
 ) -> None:
     import os
     import subprocess

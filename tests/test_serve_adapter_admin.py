@@ -22,16 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.export_fixtures import ExportRun, int4_export  # noqa: F401
+from tests.adapter_fixtures import MAX_TOKENS, PROMPTS, FineTune, pytorch_answers
+from tests.export_fixtures import ExportRun
 from tests.serving import Server, running_server
-from tests.test_adapter_export import (  # noqa: F401
-    MAX_TOKENS,
-    PROMPTS,
-    FineTune,
-    exported,
-    fine_tunes,
-    pytorch_answers,
-)
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +42,8 @@ LONG_TOKENS = 96
 @pytest.fixture(scope="module")
 def adapter_files(
     base_model_dir: Path,
-    exported: tuple[Path, dict],  # noqa: F811
-    fine_tunes: list[FineTune],  # noqa: F811
+    exported: tuple[Path, dict],
+    fine_tunes: list[FineTune],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Path]:
     """The .onnx_adapter of each fine-tune, for the one slotted base export."""
@@ -63,7 +56,7 @@ def adapter_files(
 
 
 @pytest.fixture(scope="module")
-def expected(base_model_dir: Path, fine_tunes: list[FineTune]) -> dict[str, dict[str, str]]:  # noqa: F811
+def expected(base_model_dir: Path, fine_tunes: list[FineTune]) -> dict[str, dict[str, str]]:
     first, second = fine_tunes
     answers = {
         "base": pytorch_answers(base_model_dir),
@@ -84,7 +77,7 @@ def tokens_in_env() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def server(
-    exported: tuple[Path, dict],  # noqa: F811
+    exported: tuple[Path, dict],
     tokens_in_env: None,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
@@ -174,7 +167,7 @@ def error_of(response: httpx.Response, status: int) -> dict:
 
 def test_adapters_added_at_runtime_answer_like_their_fine_tunes_and_cost_little_memory(
     server: Server,
-    exported: tuple[Path, dict],  # noqa: F811
+    exported: tuple[Path, dict],
     adapter_files: dict[str, Path],
     expected: dict[str, dict[str, str]],
 ) -> None:
@@ -376,7 +369,7 @@ def test_admin_calls_need_the_admin_token_not_the_clients(server: Server) -> Non
 
 
 def test_the_admin_api_is_off_without_its_flag_and_refuses_a_model_without_lora_inputs(
-    int4_export: ExportRun,  # noqa: F811
+    int4_export: ExportRun,
     adapter_files: dict[str, Path],
     tokens_in_env: None,
     tmp_path: Path,
@@ -393,7 +386,7 @@ def test_the_admin_api_is_off_without_its_flag_and_refuses_a_model_without_lora_
 
 
 def test_a_startup_adapter_the_model_cannot_take_fails_readiness_with_the_reason(
-    int4_export: ExportRun,  # noqa: F811
+    int4_export: ExportRun,
     adapter_files: dict[str, Path],
     tmp_path: Path,
 ) -> None:
@@ -432,7 +425,7 @@ def test_a_startup_adapter_the_model_cannot_take_fails_readiness_with_the_reason
     ],
 )  # fmt: skip
 def test_a_bad_admin_token_setting_is_one_line_naming_the_flag(
-    exported: tuple[Path, dict],  # noqa: F811
+    exported: tuple[Path, dict],
     env: dict[str, str],
     message: str,
 ) -> None:

@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from tests.export_fixtures import ExportRun, int4_export  # noqa: F401
+from tests.export_fixtures import ExportRun
 from tests.serving import Server, running_server
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def server(int4_export: ExportRun, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:  # noqa: F811
+def server(int4_export: ExportRun, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     work = tmp_path_factory.mktemp("server")
     token_file = work / "token"
     token_file.write_text(TOKEN + "\n")
@@ -266,7 +266,7 @@ def _stream_lines(response: httpx.Response) -> Iterator[dict | str]:
 
 
 def test_full_queue_answers_429_and_a_dropped_stream_frees_its_slot(
-    int4_export: ExportRun,  # noqa: F811
+    int4_export: ExportRun,
     tmp_path: Path,
 ) -> None:
     long = {"prompt": "Once upon a time", "max_tokens": 200, "min_tokens": 200,
@@ -301,7 +301,7 @@ def test_full_queue_answers_429_and_a_dropped_stream_frees_its_slot(
 
 
 def test_sigterm_finishes_the_running_stream_then_exits(
-    int4_export: ExportRun,  # noqa: F811
+    int4_export: ExportRun,
     tmp_path: Path,
 ) -> None:
     body = {"prompt": "Once upon a time", "max_tokens": 96, "min_tokens": 96, "temperature": 0,
@@ -337,7 +337,7 @@ def test_sigterm_finishes_the_running_stream_then_exits(
 
 
 def test_readyz_only_once_loaded_and_not_while_draining(
-    int4_export: ExportRun,  # noqa: F811
+    int4_export: ExportRun,
     tmp_path: Path,
 ) -> None:
     from fastapi.testclient import TestClient
