@@ -174,3 +174,19 @@ def test_the_train_stage_trains_on_the_fetched_copy(tmp_path: Path, files) -> No
     metrics = metrics_of(output)
     assert (metrics["trainRows"], metrics["evalRows"]) == (5, 1)
     assert files.requests["/data/train.jsonl"] == 1  # training never went to the URL
+
+
+def test_a_signed_links_query_never_reaches_logs_or_errors(tmp_path: Path, files) -> None:
+    """A link's query may be its credential (the gateway's signed file links): the stage's
+    log lines and one-line errors show the URL without it; the download uses it whole."""
+    secret = "sig=0123456789abcdef0123456789abcdef"
+    url = files.url("data/train.jsonl") + f"?expires=9999999999&{secret}"
+    run = run_stage("fetch", stage_config(tmp_path, {"path": url}), tmp_path / "cache")
+    assert run.returncode == 0, run.stderr
+    assert "rows of" in run.stderr and "?<query hidden>" in run.stderr
+    assert secret not in run.stderr and secret not in run.stdout
+    bad = files.url("data/bad.jsonl") + f"?{secret}"
+    (tmp_path / "b").mkdir()
+    failed = run_stage("fetch", stage_config(tmp_path / "b", {"path": bad}), tmp_path / "c")
+    assert failed.returncode == 2 and ":7: invalid JSON" in failed.error_line
+    assert secret not in failed.error_line and "?<query hidden>" in failed.error_line

@@ -52,6 +52,15 @@ def is_uri(location: str) -> bool:
     return "://" in location
 
 
+def shown_location(location: str) -> str:
+    """A location as logs and error messages show it: an http(s) URL without its query
+    string, which may carry a credential (a signed link such as the gateway's)."""
+    scheme, sep, rest = location.partition("://")
+    if sep and scheme.lower() in ("http", "https") and "?" in rest:
+        return f"{scheme}://{rest.split('?', 1)[0]}?<query hidden>"
+    return location
+
+
 def matches_any(location: str, patterns: tuple[str, ...]) -> bool:
     return any(re.fullmatch(p.strip("^$"), location) for p in patterns)
 
@@ -118,7 +127,9 @@ class Location:
     def slug(self) -> str:
         """A readable, collision-free directory name for this location."""
         canonical = self.canonical
-        readable = re.sub(r"[^a-z0-9]+", "-", canonical.split("://", 1)[-1].lower()).strip("-")
+        # Without the query (it may be a signed link's credential); the digest keeps it.
+        address = canonical.split("://", 1)[-1].split("?", 1)[0]
+        readable = re.sub(r"[^a-z0-9]+", "-", address.lower()).strip("-")
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
         return f"{self.scheme}-{readable[:60].strip('-')}-{digest}"
 

@@ -147,6 +147,9 @@ def _report_to_launcher(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # httpx logs every request URL whole, a signed link's query included; ours log them
+    # without it (maap_api.sources.shown_location).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     args = _parser().parse_args(argv)
     try:
         _run(args)

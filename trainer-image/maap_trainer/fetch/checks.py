@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 from maap_api.errors import DatasetError
+from maap_api.sources import shown_location
 
 from maap_trainer.fetch.errors import fetch_error
 
@@ -24,6 +25,7 @@ def validate_rows(field: str, path: Path, fmt: str, shown: str) -> tuple[int, st
     """Every row through the validator; errors name `shown` (the URI) and the line."""
     from maap_trainer.train.data import load_examples
 
+    shown = shown_location(shown)
     try:
         examples, detected = load_examples(path, fmt)
     except DatasetError as exc:

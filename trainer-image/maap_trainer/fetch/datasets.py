@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from maap_api.errors import DatasetError
-from maap_api.sources import Location, fetched_dataset_path, parse_location
+from maap_api.sources import Location, fetched_dataset_path, parse_location, shown_location
 from maap_api.stage_config import TrainerConfig
 from maap_api.transfer_results import FetchedFile
 from maap_api.units import human_size
@@ -51,7 +51,8 @@ def fetch_dataset(
         return _check_local(field, sha_field, location, local_path, expected_sha256, fmt)
     destination = fetched_dataset_path(location, cfg.fetched_inputs_dir).absolute()
     if (done := _verified_copy(destination, location, expected_sha256, fmt)) is not None:
-        log.info("%s: %s: already fetched and checked (%s)", field, location, destination)
+        shown = shown_location(location)
+        log.info("%s: %s: already fetched and checked (%s)", field, shown, destination)
         return done
     return _download_and_check(
         cfg, field, sha_field, parsed, destination, expected_sha256, fmt, report
@@ -68,7 +69,7 @@ def _check_local(
     rows, detected = validate_rows(field, path, fmt, str(path))
     log.info("%s: %s: %d rows of %s, %s", field, path, rows, detected, human_size(size))
     return FetchedFile(
-        location=location, path=str(path), bytes=size, sha256=digest, rows=rows
+        location=shown_location(location), path=str(path), bytes=size, sha256=digest, rows=rows
     ), detected
 
 
@@ -111,13 +112,17 @@ def _download_and_check(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     fetched = FetchedFile(
-        location=location, path=str(destination), bytes=size, sha256=digest, rows=rows
+        location=shown_location(location),
+        path=str(destination),
+        bytes=size,
+        sha256=digest,
+        rows=rows,
     )
     _write_sidecar(destination, fetched, fmt, detected)
     log.info(
         "%s: %s: %d rows of %s, %s -> %s",
         field,
-        location,
+        shown_location(location),
         rows,
         detected,
         human_size(size),
@@ -148,7 +153,8 @@ def _verified_copy(
     except (OSError, ValueError, KeyError, TypeError):
         return None
     same = (
-        fetched.location == location
+        # The results show a link without its query; the folder is already keyed by it whole.
+        fetched.location == shown_location(location)
         and fetched.path == str(destination)
         and fetched.bytes == size
         and document.get("requestedFormat") == fmt

@@ -13,6 +13,7 @@ import ssl
 from urllib.parse import urlsplit
 
 from maap_api.errors import UserError
+from maap_api.sources import shown_location
 
 
 class FetchError(UserError):
@@ -20,7 +21,7 @@ class FetchError(UserError):
 
 
 def fetch_error(field: str, location: str, what: str) -> FetchError:
-    return FetchError(f"{field}: {location}: {one_line(what)}")
+    return FetchError(f"{field}: {shown_location(location)}: {one_line(what)}")
 
 
 def one_line(text: str) -> str:

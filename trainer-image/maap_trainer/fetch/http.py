@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from maap_api.sources import shown_location
+
 from maap_trainer.fetch.errors import fetch_error, unreachable
 from maap_trainer.fetch.meter import TransferMeter
 
@@ -36,7 +38,7 @@ def download_http(
                 raise fetch_error(field, url, f"{response.status_code} {response.reason_phrase}")
             length = response.headers.get("Content-Length")
             expected = int(length) if length and length.isdigit() else None
-            meter = TransferMeter(f"{field} {url}", expected, on_report=on_report)
+            meter = TransferMeter(f"{field} {shown_location(url)}", expected, on_report=on_report)
             with target.open("wb") as handle:
                 for chunk in response.iter_raw(CHUNK_BYTES):
                     handle.write(chunk)
