@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from maap_api.stage_config import TrainerConfig
+
 POD_PYTHON = "python"
 ENTRYPOINT = ("-m", "maap_trainer")
 
@@ -68,6 +70,20 @@ def serve_command(
     if port is not None:
         argv += ["--port", str(port)]
     return argv
+
+
+def pipeline_commands(
+    cfg: TrainerConfig, config_path: PathLike, *, python: str = POD_PYTHON
+) -> list[tuple[str, list[str]]]:
+    """The stages one machine runs for a job, in order, by name: fetch and train, then
+    export and publish when the config turns them on (`maap run`, `maap gateway --local`)."""
+    stages = [("fetch", fetch_command(config_path, python=python)),
+              ("train", train_command(config_path, python=python))]  # fmt: skip
+    if cfg.export.enabled:
+        stages.append(("export", export_command(config_path, python=python)))
+    if cfg.output.enabled:
+        stages.append(("publish", publish_command(config_path, python=python)))
+    return stages
 
 
 # The stages a Job runs, by the container name podspec gives them.

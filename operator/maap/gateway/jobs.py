@@ -193,9 +193,9 @@ def _finished_at(status: dict[str, Any]) -> int | None:
     """When the job ended: completionTime, or once serving, when its server became ready
     (the operator sets completionTime only on Succeeded and Failed)."""
     if status.get("completionTime"):
-        return _unix(status["completionTime"])
+        return unix_time(status["completionTime"])
     ready = [c for c in status.get("conditions") or [] if c.get("type") == "ServingReady"]
-    return _unix(ready[0].get("lastTransitionTime")) if ready else None
+    return unix_time(ready[0].get("lastTransitionTime")) if ready else None
 
 
 def _serving_ready(obj: dict[str, Any]) -> bool:
@@ -231,11 +231,11 @@ def created_order(obj: dict[str, Any]) -> tuple[float, str]:
     """The key that sorts jobs by creation, to the microsecond."""
     meta = obj["metadata"]
     created = (meta.get("annotations") or {}).get(CREATED)
-    at = float(created) if created else float(_unix(meta.get("creationTimestamp")) or 0)
+    at = float(created) if created else float(unix_time(meta.get("creationTimestamp")) or 0)
     return at, meta["name"]
 
 
-def _unix(timestamp: str | None) -> int | None:
+def unix_time(timestamp: str | None) -> int | None:
     if not timestamp:
         return None
     return int(datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp())
@@ -267,7 +267,7 @@ def openai_job(obj: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     return {
         "object": "fine_tuning.job",
         "id": meta["name"],
-        "created_at": _unix(meta.get("creationTimestamp")) or 0,
+        "created_at": unix_time(meta.get("creationTimestamp")) or 0,
         "finished_at": finished,
         "model": spec["model"].get("preset") or spec["model"].get("path"),
         "fine_tuned_model": fine_tuned_model_name(obj) if state == "succeeded" else None,

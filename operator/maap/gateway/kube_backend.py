@@ -246,7 +246,7 @@ def served_model(obj: dict[str, Any], token: str | None) -> ServedModel:
         upstream_model=meta["name"],
         token=token,
         parent=obj["spec"]["model"].get("preset"),
-        created=unix_time(meta.get("creationTimestamp")),
+        created=jobs.unix_time(meta.get("creationTimestamp")) or 0,
     )
 
 
@@ -283,12 +283,6 @@ def decode_secret_value(value: str | None) -> str | None:
 
 def rfc3339(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def unix_time(timestamp: str | None) -> int:
-    if not timestamp:
-        return 0
-    return int(datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp())
 
 
 def status_message(exc: ApiException) -> str:

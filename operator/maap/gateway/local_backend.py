@@ -31,13 +31,15 @@ from maap.gateway import jobs
 from maap.gateway.backend import JobEvent, ServedModel
 from maap.gateway.files import FileStore
 from maap.gateway.local_serving import ServingError, ServingPool
-from maap.gateway.local_store import LocalJobStore, rfc3339
-from maap.local.runner import resolve_trainer_config
+from maap.gateway.local_store import LocalJobStore
+from maap.local.runner import resolve_trainer_config, write_trainer_config
 from maap.local.serving import CONFIG_FILE
-from maap.stages import export_command, fetch_command, publish_command, train_command
+from maap.pipeline import now
+from maap.podspec import EXIT_PREEMPTED
+from maap.progress_api import status_progress
+from maap.stages import pipeline_commands
 
 log = logging.getLogger("maap.gateway.local")
-EXIT_PREEMPTED = 75  # maap_trainer.train.preemption: stopped by SIGTERM, checkpoint saved
 
 
 @dataclass
@@ -46,6 +48,15 @@ class Stage:
     phase: str
     condition: str
     command: list[str]
+
+
+# The phase and the condition each stage reports, as the operator's pipeline names them.
+STAGE_STATUS = {
+    "fetch": ("Fetching", "Fetched"),
+    "train": ("Training", "Trained"),
+    "export": ("Exporting", "Exported"),
+    "publish": ("Publishing", "Published"),
+}
 
 
 class Stopped(Exception):
@@ -102,7 +113,7 @@ class LocalBackend:
         if obj is not None and obj["status"].get("phase") == "Training":
             report = read_progress(self.store.folder(namespace, job_id))
             if report is not None and report.stage == "training":
-                obj["status"]["progress"] = _progress(report)
+                obj["status"]["progress"] = status_progress(report)
         return obj
 
     def list(self, namespace: str) -> list[dict[str, Any]]:
@@ -123,9 +134,9 @@ class LocalBackend:
 
     def cancel(self, namespace: str, job_id: str) -> dict[str, Any]:
         def mark(obj: dict[str, Any]) -> None:
-            obj["metadata"].setdefault("annotations", {})[jobs.CANCELLED] = rfc3339()
+            obj["metadata"].setdefault("annotations", {})[jobs.CANCELLED] = now()
             obj["spec"]["suspend"] = True
-            obj["status"]["completionTime"] = rfc3339()
+            obj["status"]["completionTime"] = now()
 
         obj = self.store.update(namespace, job_id, mark)
         self.store.add_event(namespace, job_id, "info", "Fine-tuning job cancelled")
@@ -176,18 +187,11 @@ class LocalBackend:
         job = FineTuneJob.model_validate(obj)
         cfg = resolve_trainer_config(job, folder, folder.parent)
         config = folder / CONFIG_FILE
-        config.write_text(_config_json(cfg), encoding="utf-8")
-        python = sys.executable
+        write_trainer_config(cfg, config)
         stages = [
-            Stage("fetch", "Fetching", "Fetched", fetch_command(config, python=python)),
-            Stage("train", "Training", "Trained", train_command(config, python=python)),
+            Stage(name, *STAGE_STATUS[name], command)
+            for name, command in pipeline_commands(cfg, config, python=sys.executable)
         ]
-        if cfg.export.enabled:
-            stages.append(Stage("export", "Exporting", "Exported",
-                                export_command(config, python=python)))  # fmt: skip
-        if cfg.output.enabled:
-            stages.append(Stage("publish", "Publishing", "Published",
-                                publish_command(config, python=python)))  # fmt: skip
         try:
             for stage in stages:
                 self._stage(namespace, job_id, folder, stage)
@@ -267,7 +271,7 @@ class LocalBackend:
             conditions = [c for c in obj["status"].get("conditions", []) if c["type"] != kind]
             conditions.append({
                 "type": kind, "status": status, "reason": reason, "message": message,
-                "lastTransitionTime": rfc3339(),
+                "lastTransitionTime": now(),
                 "observedGeneration": obj["metadata"].get("generation"),
             })  # fmt: skip
             obj["status"]["conditions"] = conditions
@@ -278,14 +282,14 @@ class LocalBackend:
                    status: str = "False") -> None:  # fmt: skip
         def change(obj: dict[str, Any]) -> None:
             obj["status"]["phase"] = phase
-            obj["status"].setdefault("startTime", rfc3339())
+            obj["status"].setdefault("startTime", now())
 
         self.store.update(namespace, job_id, change)
         self._condition(namespace, job_id, condition, status, reason, phase)
 
     def _complete(self, namespace: str, job_id: str) -> None:
         def change(obj: dict[str, Any]) -> None:
-            obj["status"].setdefault("completionTime", rfc3339())
+            obj["status"].setdefault("completionTime", now())
             obj["status"].pop("progress", None)
 
         self.store.update(namespace, job_id, change)
@@ -309,17 +313,3 @@ class LocalBackend:
 
 def _created(obj: dict[str, Any]) -> str:
     return obj["metadata"].get("creationTimestamp", "")
-
-
-def _config_json(cfg: Any) -> str:
-    import json
-
-    return json.dumps(cfg.to_json_dict(), indent=2)
-
-
-def _progress(report: Any) -> dict[str, Any]:
-    return {
-        "stage": report.stage, "step": report.step, "totalSteps": report.total_steps or None,
-        "percent": report.percent if report.total_steps else None, "loss": report.loss,
-        "tokensPerSecond": report.tokens_per_second, "etaSeconds": report.eta_seconds,
-    }  # fmt: skip

@@ -12,19 +12,14 @@ import json
 import os
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from maap.gateway.backend import JobEvent
+from maap.pipeline import now
 
 JOB_FILE = "gateway-job.json"
 EVENTS_FILE = "events.jsonl"
-
-
-def rfc3339(at: float | None = None) -> str:
-    moment = datetime.fromtimestamp(at if at is not None else time.time(), UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class LocalJobStore:
@@ -38,7 +33,7 @@ class LocalJobStore:
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
         obj = json.loads(json.dumps(manifest))
-        obj["metadata"]["creationTimestamp"] = rfc3339()
+        obj["metadata"]["creationTimestamp"] = now()
         obj["metadata"]["generation"] = 1
         obj["status"] = {"phase": "Pending", "conditions": []}
         with self.lock:

@@ -54,7 +54,7 @@ from rich.table import Table
 
 from maap.local.serving import CONFIG_FILE, LocalServer, local_server
 from maap.local.summary import summary_rows
-from maap.stages import export_command, fetch_command, publish_command, train_command
+from maap.stages import pipeline_commands
 
 
 class StageFailed(Exception):
@@ -101,6 +101,12 @@ def resolve_trainer_config(
     return cfg
 
 
+def write_trainer_config(cfg: TrainerConfig, path: Path) -> Path:
+    """The stages' config file, as the pods get it from the job's ConfigMap."""
+    path.write_text(json.dumps(cfg.to_json_dict(), indent=2), encoding="utf-8")
+    return path
+
+
 class LocalRunner:
     def __init__(self, cfg: TrainerConfig, console: Console) -> None:
         self.cfg = cfg
@@ -123,25 +129,26 @@ class LocalRunner:
     def write_config(self) -> Path:
         """The job's config.json, as the pods get it from the ConfigMap (paths local)."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.cfg.to_json_dict(), indent=2)
-        self.config_path.write_text(text, encoding="utf-8")
-        return self.config_path
+        return write_trainer_config(self.cfg, self.config_path)
 
     def run_pipeline(self) -> RunReport:
-        config, python = self.write_config(), sys.executable
-        self._stage("fetch", "Fetching and checking the model and data",
-                    fetch_command(config, python=python))  # fmt: skip
-        self.report.fetch = self._result(FETCH_FILE, FetchResult)
-        self._stage("train", "Training", train_command(config, python=python))
-        self.report.metrics = self._result(METRICS_FILE, TrainMetrics)
-        if self.cfg.export.enabled:
-            title = f"Exporting ONNX ({self.cfg.export.precision})"
-            self._stage("export", title, export_command(config, python=python))
-            self.report.export = self._result(EXPORT_FILE, ExportResult)
-        if self.cfg.output.enabled:
-            title = f"Publishing to {self.cfg.output.path}"
-            self._stage("publish", title, publish_command(config, python=python))
-            self.report.publish = self._result(PUBLISH_FILE, PublishResult)
+        config = self.write_config()
+        titles = {
+            "fetch": "Fetching and checking the model and data",
+            "train": "Training",
+            "export": f"Exporting ONNX ({self.cfg.export.precision})",
+            "publish": f"Publishing to {self.cfg.output.path}",
+        }
+        for stage, command in pipeline_commands(self.cfg, config, python=sys.executable):
+            self._stage(stage, titles[stage], command)
+            if stage == "fetch":
+                self.report.fetch = self._result(FETCH_FILE, FetchResult)
+            elif stage == "train":
+                self.report.metrics = self._result(METRICS_FILE, TrainMetrics)
+            elif stage == "export":
+                self.report.export = self._result(EXPORT_FILE, ExportResult)
+            else:
+                self.report.publish = self._result(PUBLISH_FILE, PublishResult)
         return self.report
 
     def _result(self, name: str, model: type[Model]) -> Model:
