@@ -4,6 +4,7 @@ webhook signatures (checked by the openai client's own verifier), API-key files.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import openai
@@ -157,3 +158,24 @@ def test_keys_file(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as exc:
             StaticKeys.from_file(bad)
         assert problem in str(exc.value), exc.value
+
+
+def test_the_access_log_hides_a_signed_links_signature_and_keeps_other_queries() -> None:
+    from maap.gateway.serve import hide_signed_link_queries
+    from uvicorn.logging import AccessFormatter
+
+    formatter = AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s')
+
+    def line(path: str) -> str:
+        record = logging.LogRecord(
+            "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+            ("10.0.0.7:4242", "GET", path, "1.1", 200), None,
+        )  # fmt: skip
+        assert hide_signed_link_queries(record) is True
+        return formatter.format(record)
+
+    signed = line("/internal/files/team-a/file-0a1b?expires=1796767018&sig=4894cb1e")
+    assert "sig=" not in signed and "expires=" not in signed, signed
+    assert "GET /internal/files/team-a/file-0a1b?<query hidden> HTTP/1.1" in signed, signed
+    listing = line("/v1/fine_tuning/jobs?limit=2&after=ftjob-1")
+    assert "GET /v1/fine_tuning/jobs?limit=2&after=ftjob-1 HTTP/1.1" in listing, listing

@@ -99,8 +99,10 @@ def test_a_remote_data_set_is_fetched_before_training(cluster: Cluster) -> None:
     }
     cluster.create(finetunejob("remote", "sc-remote", **spec))
     phases = phases_until(cluster, "remote", "Training")
-    # Pending (creating), Fetching (the fetch pod runs), Pending (the training pod comes up).
-    assert phases[0] == "Pending" and phases.index("Fetching") < phases.index("Training"), phases
+    # [Pending] (creating), Fetching (the fetch pod runs), [Pending] (the training pod comes
+    # up), Training: a Pending that lasts less than one poll may go unseen.
+    assert "Fetching" in phases and phases.index("Fetching") < phases.index("Training"), phases
+    assert set(phases) <= {"Pending", "Fetching", "Training"}, phases
 
     fetch = cluster.read_job("remote-fetch")
     assert fetch is not None and fetch.status.succeeded == 1

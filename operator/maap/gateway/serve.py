@@ -12,6 +12,7 @@ import uvicorn
 from maap_api.errors import ConfigError
 
 from maap.gateway.app import GatewaySettings, create_app
+from maap.gateway.file_urls import INTERNAL_PREFIX
 from maap.gateway.files import FileStore
 from maap.gateway.tenancy import KeyRing, OpenAccess, StaticKeys
 from maap.gateway.webhooks import WebhookSender
@@ -86,7 +87,22 @@ def run_gateway(options: GatewayOptions) -> None:
         )
         backend = KubeBackend(api, namespace, options.internal_url, file_secret)
     app = create_app(backend, keys, files, GatewaySettings(file_secret, webhooks))
-    uvicorn.run(app, host=options.host, port=options.port, log_level="info")
+    config = uvicorn.Config(app, host=options.host, port=options.port, log_level="info")
+    # After Config: it sets up uvicorn's loggers, replacing filters added before.
+    logging.getLogger("uvicorn.access").addFilter(hide_signed_link_queries)
+    uvicorn.Server(config).run()
+
+
+def hide_signed_link_queries(record: logging.LogRecord) -> bool:
+    """Drop the query string of a signed file link (its signature is a credential) from an
+    access-log line; uvicorn's record args are (client, method, path, http version, status)."""
+    args = record.args
+    if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+        path = args[2]
+        if path.startswith(f"{INTERNAL_PREFIX}/") and "?" in path:
+            hidden = f"{path.split('?', 1)[0]}?<query hidden>"
+            record.args = (*args[:2], hidden, *args[3:])
+    return True
 
 
 def _own_namespace() -> str:
