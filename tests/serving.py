@@ -32,13 +32,13 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def wait_ready(server: Server, timeout: float = 120) -> None:
+def wait_ready(server: Server, timeout: float = 120, ready_path: str = "/readyz") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise AssertionError(f"the server exited:\n{server.log_text()[-3000:]}")
         try:
-            if httpx.get(f"{server.base}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{server.base}{ready_path}", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -69,14 +69,16 @@ def running_server(model_dir: Path, log: Path, *flags: str) -> Iterator[Server]:
 
 
 @contextmanager
-def serving(command: list[str], port: int, log: Path) -> Iterator[Server]:
+def serving(
+    command: list[str], port: int, log: Path, ready_path: str = "/readyz"
+) -> Iterator[Server]:
     """Run a server command that listens on 127.0.0.1:port, logging to `log`; the block
-    starts once it is ready, and the server is stopped (SIGTERM) when the block ends."""
+    starts once it answers 200 on ready_path, and is stopped (SIGTERM) when the block ends."""
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     server = Server(process, f"http://127.0.0.1:{port}", log)
     try:
-        wait_ready(server)
+        wait_ready(server, ready_path=ready_path)
         yield server
     finally:
         if process.poll() is None:

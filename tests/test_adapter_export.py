@@ -6,6 +6,7 @@ each is a distinct "fine-tune" whose PyTorch answers are the reference.
 
 from __future__ import annotations
 
+import filecmp
 import json
 import subprocess
 import sys
@@ -95,3 +96,32 @@ def test_adapters_that_are_not_additive_low_rank_are_refused(
                           modules_to_save=["lm_head"])  # fmt: skip
     with pytest.raises(ExportError, match=r"^export.adapter: the adapter trains whole modules"):
         read_peft_adapter(base_model_dir, head.adapter)
+
+
+def test_a_second_fine_tune_of_the_base_reuses_its_build_and_still_passes_the_gate(
+    base_model_dir: Path, exported: tuple[Path, dict], fine_tunes: list[FineTune], tmp_path: Path
+) -> None:
+    """The base build is made once per model cache: the second fine-tune's adapter export
+    copies it (no builder run), inserts its own slots, and the gate checks base + adapter
+    against the fine-tune's own PyTorch model."""
+    from tests.export_fixtures import TEST_PARITY, export_base
+
+    first_out, _ = exported
+    second = fine_tunes[1]
+    out = tmp_path / "second"
+    out.mkdir()
+    (out / "adapter").symlink_to(second.adapter)
+    (out / "merged").symlink_to(second.merged)
+    run = export_base(
+        base_model_dir, out, {"precision": "fp32", "adapter": True, "parity": TEST_PARITY}
+    )
+    adapter = run.info["adapter"]
+    assert adapter["baseReused"] is True and adapter["baseSeconds"] == 0, adapter
+    assert adapter["rank"] == [8] and adapter["modules"] == 30 * 3
+    assert adapter["parity"]["passed"] is True, adapter["parity"]
+    # The same weights; the graph differs by the slots (3 adapted modules, not 7).
+    first_base, second_base = first_out / "onnx-base", out / "onnx-base"
+    assert filecmp.cmp(first_base / "model.onnx.data", second_base / "model.onnx.data", False)
+    first_slots = json.loads((first_base / "lora_slots.json").read_text())
+    second_slots = json.loads((second_base / "lora_slots.json").read_text())
+    assert len(second_slots["slots"]) < len(first_slots["slots"]), (first_slots, second_slots)

@@ -153,6 +153,10 @@ class AdapterExport(CamelModel):
     base_model: str | None = None
     base_size_bytes: int | None = None
     base_seconds: float | None = None
+    base_reused: bool | None = Field(
+        default=None,
+        description="The base build came from the model cache (another fine-tune of it made it).",
+    )
     parity: ParityFigures | None = None
 
 

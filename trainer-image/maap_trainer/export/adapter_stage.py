@@ -11,7 +11,8 @@ from typing import Any
 
 from maap_api.stage_config import TrainerConfig
 
-from maap_trainer.export.genai_build import BuildRequest, ExportError, build, keep_tokenizer
+from maap_trainer.export.base_cache import build_from_cache
+from maap_trainer.export.genai_build import BuildRequest, ExportError, keep_tokenizer
 from maap_trainer.export.lora_adapter import (
     ADAPTER_SUFFIX,
     BASE_BUILD_OPTIONS,
@@ -27,7 +28,7 @@ ADAPTERS_DIR = "adapters"
 
 
 def export_adapter(cfg: TrainerConfig, log_path: Path) -> dict[str, Any]:
-    from maap_trainer.model_prep import prepare_base_model
+    from maap_trainer.model_prep import cache_root, prepare_base_model
 
     output_dir = Path(cfg.output_dir)
     adapter_dir = output_dir / "adapter"
@@ -40,17 +41,16 @@ def export_adapter(cfg: TrainerConfig, log_path: Path) -> dict[str, Any]:
     base_checkpoint = Path(prepare_base_model(cfg.model, cfg.hub, cfg.s3))
     weights = read_peft_adapter(base_checkpoint, adapter_dir)
     staging = output_dir / f"{BASE_DIR}.partial"
-    seconds = build(
-        BuildRequest(
-            base_checkpoint,
-            staging,
-            cfg.export.precision,
-            cfg.export.execution_provider,
-            cfg.export.quantization,
-            BASE_BUILD_OPTIONS,
-        ),
-        log_path,
+    request = BuildRequest(
+        base_checkpoint,
+        staging,
+        cfg.export.precision,
+        cfg.export.execution_provider,
+        cfg.export.quantization,
+        BASE_BUILD_OPTIONS,
     )
+    # Every fine-tune of this base needs the same build: made once per model cache.
+    base = build_from_cache(request, log_path, cache_root() / "exports")
     keep_tokenizer(base_checkpoint, staging)
     add_lora_slots(staging, slots_for(weights))
     final = output_dir / BASE_DIR
@@ -62,7 +62,8 @@ def export_adapter(cfg: TrainerConfig, log_path: Path) -> dict[str, Any]:
         "name": cfg.job_name,
         "baseModel": str(final),
         "baseSizeBytes": directory_size(final),
-        "baseSeconds": round(seconds, 2),
+        "baseSeconds": round(base.seconds, 2),
+        "baseReused": base.reused,
     }
     if cfg.export.parity.enabled and cfg.export.execution_provider == "cpu":
         from maap_trainer.export.gate import run_gate
