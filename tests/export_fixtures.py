@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 
-# Small enough to keep the gate to seconds, large enough to mean something.
-TEST_PARITY = {"prompts": ["What is the capital of France?", "Why is the sky blue?",
-                           "Write a haiku about the sea."],
-               "maxNewTokens": 16, "evalRows": 8}  # fmt: skip
+from tests.serving import TEST_PARITY
+
+__all__ = ["TEST_PARITY", "ExportRun", "export_base", "int4_export", "job_config"]
 
 
 @dataclass

@@ -46,6 +46,14 @@ def wait_ready(server: Server, timeout: float = 120, ready_path: str = "/readyz"
     raise AssertionError(f"the server was not ready in {timeout} s:\n{server.log_text()[-3000:]}")
 
 
+# The parity gate on 3 short prompts and 8 rows: it still gates an export (a broken one fails
+# it) in seconds. The default gate (8 prompts, 32 tokens, 32 rows) is maap run's, which
+# tests/test_e2e.py runs on the example.
+TEST_PARITY = {"prompts": ["What is the capital of France?", "Why is the sky blue?",
+                           "Write a haiku about the sea."],
+               "maxNewTokens": 16, "evalRows": 8}  # fmt: skip
+
+
 # The pirate example's persona: every tuned answer opens with it, the base model's never do.
 PERSONA_OPENER = "Arr, matey!"
 

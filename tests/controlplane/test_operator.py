@@ -391,7 +391,11 @@ def test_failed_training_reports_the_reason(cluster: Cluster) -> None:
     status = cluster.wait_phase("broken", "Failed", timeout=90)
     failed = condition(status, "Failed")
     assert failed["reason"] == "TrainingFailed" and failed["message"]
-    assert ("Warning", "TrainingFailed") in cluster.events("broken")
+    # The Event is its own write, after the status patch: it may land a moment later.
+    wait_until(
+        "the TrainingFailed Warning event",
+        lambda: ("Warning", "TrainingFailed") in cluster.events("broken"), 15, cluster.op,
+    )  # fmt: skip
     assert cluster.read_job("broken-export") is None, "no export after a failed training"
 
 
