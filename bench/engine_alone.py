@@ -1,11 +1,13 @@
 """ONNX Runtime GenAI with no server: what the engine alone does on one stream.
 
-    python bench/engine_alone.py --model-dir DIR [--tokens 128] [--prompts 4]
+    python bench/engine_alone.py --model-dir DIR [--tokens 128] [--prompts 4] [--threads N]
 
-A greedy `og.Generator` per prompt (the chat template rendered by the export's tokenizer,
-as the server does), every answer exactly --tokens tokens: time to first token (prompt in,
-first token out) and decode tokens/s (the rest). The gap between this and the server's
-single stream is the server's own cost. Prints one JSON line.
+The model is loaded as the server loads it (the same intra-op threads; `--threads 0` leaves
+ONNX Runtime GenAI's own default). A greedy `og.Generator` per prompt (the chat template
+rendered by the export's tokenizer, as the server does), every answer exactly --tokens
+tokens: time to first token (prompt in, first token out) and decode tokens/s (the rest).
+The gap between this and the server's single stream is the server's own cost. Prints one
+JSON line.
 """
 
 from __future__ import annotations
@@ -27,12 +29,23 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads (default: as the server sets them; 0: unset)",
+    )
     args = parser.parse_args()
     import numpy as np
     import onnxruntime_genai as og
+    from maap_trainer.cpus import usable_cpus
+    from maap_trainer.serve.runtime import load_overlay
 
     og.disable_telemetry_events()
-    model = og.Model(str(args.model_dir))
+    config = og.Config(str(args.model_dir))
+    if args.threads != 0:  # 0: ONNX Runtime GenAI's own default
+        config.overlay(json.dumps(load_overlay(args.threads or usable_cpus())))
+    model = og.Model(config)
     tokenizer = og.Tokenizer(model)
     template = None
     config = args.model_dir / "tokenizer_config.json"

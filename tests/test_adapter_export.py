@@ -125,3 +125,20 @@ def test_a_second_fine_tune_of_the_base_reuses_its_build_and_still_passes_the_ga
     first_slots = json.loads((first_base / "lora_slots.json").read_text())
     second_slots = json.loads((second_base / "lora_slots.json").read_text())
     assert len(second_slots["slots"]) < len(first_slots["slots"]), (first_slots, second_slots)
+
+
+def test_a_cache_the_export_cannot_write_builds_the_base_in_place(
+    base_model_dir: Path, tmp_path: Path
+) -> None:
+    """Stage pods mount the cluster's model cache read-only: the base is then built where
+    the export wants it, uncached, instead of failing the export."""
+    from maap_trainer.export.base_cache import build_from_cache
+    from maap_trainer.export.genai_build import BuildRequest
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")  # mkdir under a file fails, as it does on a read-only volume
+    output = tmp_path / "onnx-base.partial"
+    request = BuildRequest(base_model_dir, output, "fp32", "cpu")
+    built = build_from_cache(request, tmp_path / "export.log", blocker / "exports")
+    assert built.reused is False and built.seconds > 0 and built.entry == output
+    assert (output / "genai_config.json").is_file() and (output / "model.onnx").is_file()

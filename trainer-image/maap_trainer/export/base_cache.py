@@ -9,7 +9,9 @@ volume every job of the namespace mounts) and copied from there.
 The key is the checkpoint's files (name, size, modification time: a checkpoint written
 again in place is a new key), the build settings and the builder's version. Entries are
 written to a private directory and renamed, so concurrent exports never see half a build;
-the cache is not pruned (an entry is about the size of one exported base).
+the cache is not pruned (an entry is about the size of one exported base). Where the cache
+is read-only (stage pods mount the cluster's shared cache read-only), an entry is used if
+there is one, and otherwise the base is built in place, uncached.
 """
 
 from __future__ import annotations
@@ -61,8 +63,14 @@ def build_from_cache(request: BuildRequest, log_path: Path, cache: Path) -> Cach
     if reused:
         log.info("export: reusing the base build %s", entry)
     else:
-        cache.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=cache))
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=cache))
+        except OSError as exc:
+            # A cache this pod may only read (in a cluster, the CachedModel download Job is
+            # the shared cache's one writer): build here, as if there were no cache.
+            log.info("export: the base build is not cached (%s is not writable: %s)", cache, exc)
+            return CachedBuild(build(request, log_path), False, request.output)
         try:
             seconds = build(replace(request, output=staging / "build"), log_path)
             try:

@@ -15,6 +15,7 @@ under its perplexity increase.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -240,7 +241,12 @@ class OnnxSide:
 
         og.disable_telemetry_events()
         self.np, self.og = np, og
-        self.model = og.Model(str(model_dir))
+        from maap_trainer.cpus import usable_cpus
+        from maap_trainer.serve.runtime import load_overlay
+
+        config = og.Config(str(model_dir))
+        config.overlay(json.dumps(load_overlay(usable_cpus())))  # as the server loads it
+        self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
         self.adapters = None
         self.adapter_name: str | None = None

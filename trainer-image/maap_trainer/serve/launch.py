@@ -53,8 +53,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "differ from the clients' token. Without it /admin answers 404.",
     )
     parser.add_argument("--shutdown-grace-seconds", type=int, default=None)
+    parser.add_argument("--threads", type=_positive, default=None, metavar="N",
+                        help="ONNX Runtime intra-op threads (default: the CPUs this process "
+                        "may use: its affinity, capped by a cgroup CPU limit).")  # fmt: skip
     parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
                         help="Serve an .onnx_adapter under NAME as well (repeatable).")  # fmt: skip
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be 1 or more")
+    return value
 
 
 def serving_config(args: argparse.Namespace) -> ServingConfig:
@@ -140,6 +150,7 @@ def run_serve(args: argparse.Namespace) -> None:
         adapters=adapters,
         admin_token=load_admin_token(args.admin_token_env, auth_token),
         shutdown_grace_seconds=cfg.shutdown_grace_seconds,
+        threads=args.threads,
     )
     if name_clash := set(adapters) & {settings.model_name}:
         raise ConfigError(f"--adapter: {name_clash.pop()!r} is already the model's name")

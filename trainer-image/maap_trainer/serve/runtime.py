@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from maap_trainer.cpus import usable_cpus
 from maap_trainer.serve.adapters import AdapterRejected, runtime_message
 
 # What the export stage writes beside a base exported with LoRA slots (export.adapter: true).
@@ -25,7 +26,7 @@ NO_LORA_INPUTS = (
 class ModelRuntime:
     """Loads a GenAI export directory (genai_config.json, weights, tokenizer)."""
 
-    def __init__(self, model_dir: Path, max_batch_size: int) -> None:
+    def __init__(self, model_dir: Path, max_batch_size: int, threads: int | None = None) -> None:
         import onnxruntime_genai as og
 
         # The serving pod has no route out; the library would otherwise try to send telemetry.
@@ -34,11 +35,13 @@ class ModelRuntime:
         self.model_dir = model_dir
         genai_config = json.loads((model_dir / "genai_config.json").read_text(encoding="utf-8"))
         self.dynamic_batching = "dynamic_batching" in genai_config.get("engine", {})
+        self.threads = threads or usable_cpus()
         config = og.Config(str(model_dir))
+        overlay = load_overlay(self.threads)
         if not self.dynamic_batching:
             # The static engine batches the requests waiting when a batch starts.
-            batching = {"static_batching": {"max_batch_size": max_batch_size}}
-            config.overlay(json.dumps({"engine": batching}))
+            overlay["engine"] = {"static_batching": {"max_batch_size": max_batch_size}}
+        config.overlay(json.dumps(overlay))
         self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
         model_section = genai_config["model"]
@@ -101,6 +104,12 @@ class ModelRuntime:
 
     def create_stream(self) -> Any:
         return self.tokenizer.create_stream()
+
+
+def load_overlay(threads: int) -> dict[str, Any]:
+    """genai_config overrides every model load here applies: the intra-op thread count
+    (left unset, ONNX Runtime GenAI ran one thread on a 2-core machine: cpus.py)."""
+    return {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}
 
 
 def _as_list(value: Any) -> list[int]:

@@ -65,6 +65,7 @@ class ServerSettings:
     adapters: dict[str, Path] = field(default_factory=dict)  # loaded at startup
     admin_token: str | None = None  # None: no /admin API
     shutdown_grace_seconds: float = 30.0
+    threads: int | None = None  # ONNX Runtime intra-op threads; None: the usable CPUs
 
 
 class ServerState:
@@ -83,7 +84,7 @@ class ServerState:
         s = self.settings
         started = time.monotonic()
         try:
-            runtime = ModelRuntime(s.model_dir, s.max_batch_size)
+            runtime = ModelRuntime(s.model_dir, s.max_batch_size, s.threads)
             keys = {name: self.adapters.new_key(name) for name in s.adapters}
             for name, path in s.adapters.items():
                 try:
