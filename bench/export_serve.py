@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from runstats import spread
+from streams import stream_one
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -107,37 +108,6 @@ def pytorch_decode(merged: Path, tokens: int, prompts: list[str], runs: int) -> 
         rates.append((tokens - 1) * len(encoded) / (sum(whole) - sum(first)))
         firsts.append(statistics.median(first))
     return {"decodeTokensPerSecond": spread(rates), "timeToFirstToken": spread(firsts)}
-
-
-def stream_one(http: Any, api: str, prompt: str, tokens: int) -> dict[str, float]:
-    body = {
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": tokens,
-        "min_tokens": tokens,  # every answer is exactly `tokens` long: comparable rates
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    started = time.monotonic()
-    first = None
-    completion = 0
-    with http.stream("POST", f"{api}/chat/completions", json=body, timeout=600) as r:
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line.removeprefix("data: "))
-            if chunk.get("usage"):
-                completion = chunk["usage"]["completion_tokens"]
-            elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                first = time.monotonic()
-    ended = time.monotonic()
-    first = first or ended
-    return {
-        "tokens": completion,
-        "ttft": first - started,
-        "decode": (completion - 1) / (ended - first) if ended > first else 0.0,
-        "seconds": ended - started,
-    }
 
 
 def serve_figures(

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from serve_vs_llama_cpp import stream_one  # noqa: E402
+from streams import stream_one  # noqa: E402
 
 from tests.serving import running_server  # noqa: E402
 
