@@ -85,14 +85,15 @@ def main() -> None:
         stream_one(http, srv.api, PROMPTS[0], args.tokens)  # warm-up
         spy = subprocess.Popen(
             ["py-spy", "record", "--pid", str(srv.process.pid), "--rate", str(args.rate),
-             "--native", "--threads", "--idle", "--format", "raw", "--output", str(folded),
-             "--nonblocking"],
+             "--native", "--threads", "--idle", "--format", "raw", "--output", str(folded)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         time.sleep(1.0)  # py-spy attaches
         runs = [stream_one(http, srv.api, p, args.tokens) for p in PROMPTS[: args.streams]]
         spy.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
-        spy.wait(timeout=60)
+        _, errors = spy.communicate(timeout=60)
+        if not folded.is_file():
+            raise SystemExit(f"py-spy wrote nothing: {errors.decode(errors='replace')[-2000:]}")
     report = {
         "streams": runs,
         "threads": summarize(folded),
