@@ -8,13 +8,15 @@ A benchmark tool, not a product dependency. The sources are the MIT llama.cpp th
 built once with CMake + Ninja for this CPU (`GGML_NATIVE`, AMX off) and cached under
 ~/.cache/maap/llama.cpp-<version>/build-<flags>; the GGUF files under ~/.cache/maap/gguf,
 keyed by the checkpoint's bytes. The conversion is llama.cpp's own `convert_hf_to_gguf.py`
-(its `gguf-py` on the path; it needs `sentencepiece` installed) and `llama-quantize`.
+(its `gguf-py` on the path; `sentencepiece`, which it imports, is installed if missing)
+and `llama-quantize`.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -123,6 +125,10 @@ def convert(binaries: LlamaCpp, merged: Path) -> dict[str, Path]:
     f16 = out / "model-f16.gguf"
     if not f16.is_file():
         say(f"converting {merged} to GGUF (f16)")
+        if importlib.util.find_spec("sentencepiece") is None:
+            # The converter imports it for every Llama-family vocabulary, even BPE ones.
+            say("installing sentencepiece, which llama.cpp's converter imports")
+            subprocess.run([sys.executable, "-m", "pip", "install", "sentencepiece"], check=True)
         env = {**os.environ, "PYTHONPATH": str(binaries.root / "gguf-py")}
         partial = f16.with_suffix(".partial")
         subprocess.run(
