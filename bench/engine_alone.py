@@ -39,13 +39,11 @@ def main() -> None:
     import numpy as np
     import onnxruntime_genai as og
     from maap_trainer.cpus import usable_cpus
-    from maap_trainer.serve.runtime import load_overlay
+    from maap_trainer.serve.runtime import model_config
 
     og.disable_telemetry_events()
-    config = og.Config(str(args.model_dir))
-    if args.threads != 0:  # 0: ONNX Runtime GenAI's own default
-        config.overlay(json.dumps(load_overlay(args.threads or usable_cpus())))
-    model = og.Model(config)
+    threads = None if args.threads == 0 else args.threads or usable_cpus()  # 0: og's default
+    model = og.Model(model_config(og, args.model_dir, threads))
     tokenizer = og.Tokenizer(model)
     template = None
     config = args.model_dir / "tokenizer_config.json"

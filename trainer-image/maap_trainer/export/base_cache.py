@@ -41,9 +41,9 @@ def build_key(request: BuildRequest) -> str:
     import onnxruntime_genai
 
     files = [
-        (p.name, p.stat().st_size, p.stat().st_mtime_ns)
+        (p.name, stat.st_size, stat.st_mtime_ns)
         for p in sorted(request.checkpoint.iterdir())
-        if p.is_file()
+        if p.is_file() and (stat := p.stat())
     ]
     settings = {
         "files": files,

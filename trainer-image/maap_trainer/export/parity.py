@@ -15,7 +15,6 @@ under its perplexity increase.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -242,11 +241,9 @@ class OnnxSide:
         og.disable_telemetry_events()
         self.np, self.og = np, og
         from maap_trainer.cpus import usable_cpus
-        from maap_trainer.serve.runtime import load_overlay
+        from maap_trainer.serve.runtime import model_config
 
-        config = og.Config(str(model_dir))
-        config.overlay(json.dumps(load_overlay(usable_cpus())))  # as the server loads it
-        self.model = og.Model(config)
+        self.model = og.Model(model_config(og, model_dir, usable_cpus()))  # as served
         self.tokenizer = og.Tokenizer(self.model)
         self.adapters = None
         self.adapter_name: str | None = None

@@ -36,13 +36,9 @@ class ModelRuntime:
         genai_config = json.loads((model_dir / "genai_config.json").read_text(encoding="utf-8"))
         self.dynamic_batching = "dynamic_batching" in genai_config.get("engine", {})
         self.threads = threads or usable_cpus()
-        config = og.Config(str(model_dir))
-        overlay = load_overlay(self.threads)
-        if not self.dynamic_batching:
-            # The static engine batches the requests waiting when a batch starts.
-            overlay["engine"] = {"static_batching": {"max_batch_size": max_batch_size}}
-        config.overlay(json.dumps(overlay))
-        self.model = og.Model(config)
+        # The static engine batches the requests waiting when a batch starts.
+        engine = None if self.dynamic_batching else {"max_batch_size": max_batch_size}
+        self.model = og.Model(model_config(og, model_dir, self.threads, engine))
         self.tokenizer = og.Tokenizer(self.model)
         model_section = genai_config["model"]
         self.context_length = int(model_section.get("context_length", 2048))
@@ -106,10 +102,21 @@ class ModelRuntime:
         return self.tokenizer.create_stream()
 
 
-def load_overlay(threads: int) -> dict[str, Any]:
-    """genai_config overrides every model load here applies: the intra-op thread count
-    (left unset, ONNX Runtime GenAI ran one thread on a 2-core machine: cpus.py)."""
-    return {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}
+def model_config(
+    og: Any, model_dir: Path, threads: int | None, static_batching: dict[str, Any] | None = None
+) -> Any:
+    """An export's og.Config as every model load here makes it (server, parity gate, bench):
+    the intra-op thread count set (left unset, ONNX Runtime GenAI ran one thread on a 2-core
+    machine: cpus.py; None leaves its default), and the static engine's settings, if any."""
+    config = og.Config(str(model_dir))
+    overlay: dict[str, Any] = {}
+    if threads is not None:
+        overlay["model"] = {"decoder": {"session_options": {"intra_op_num_threads": threads}}}
+    if static_batching is not None:
+        overlay["engine"] = {"static_batching": static_batching}
+    if overlay:
+        config.overlay(json.dumps(overlay))
+    return config
 
 
 def _as_list(value: Any) -> list[int]:
