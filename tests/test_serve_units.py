@@ -10,7 +10,7 @@ from maap_api.errors import ConfigError
 from maap_trainer.serve.auth import check_bearer, load_token
 from maap_trainer.serve.launch import add_serve_arguments, parse_adapters, serving_config
 from maap_trainer.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest
-from maap_trainer.serve.server import sampling_options
+from maap_trainer.serve.request_limits import sampling_options
 from maap_trainer.serve.textstream import StopMatcher
 
 
@@ -60,9 +60,23 @@ def test_sampling_options_limits() -> None:
     with pytest.raises(APIError) as too_long:
         sampling_options(chat(), 20, 90, 100, 50, "messages")
     assert too_long.value.code == "context_length_exceeded"
-    assert too_long.value.message.startswith("messages: this model's context is 100 tokens")
-    with pytest.raises(APIError):
-        sampling_options(chat(), None, 100, 100, 50, "prompt")
+    assert too_long.value.message == (
+        "messages: this server's context is 100 tokens; the messages take 90, which leaves 10 "
+        "for the answer, and max_tokens asks for 20: ask for at most 10, or shorten the messages"
+    )
+
+
+def test_a_prompt_over_the_context_says_what_to_do_not_a_negative_max_tokens() -> None:
+    with pytest.raises(APIError) as full:
+        sampling_options(chat(), None, 5000, 4096, 1024, "prompt", model_context_length=8192)
+    message = full.value.message
+    assert full.value.param == "prompt" and "-" not in message, message
+    assert message.startswith("prompt: the prompt take 5000 tokens and this server's context")
+    assert "shorten them" in message and "serving.maxContextLength" in message, message
+    assert "the model takes 8192" in message
+    with pytest.raises(APIError) as at_the_model_limit:
+        sampling_options(chat(), None, 9000, 8192, 1024, "messages", model_context_length=8192)
+    assert "maxContextLength" not in at_the_model_limit.value.message, "it cannot be raised"
 
 
 def test_requests_refuse_what_they_cannot_honour() -> None:

@@ -252,7 +252,41 @@ def test_context_errors_say_how_long_the_prompt_is(server: Server) -> None:
     body = {"messages": [{"role": "user", "content": "word " * 9000}], "max_tokens": 8}
     error = httpx.post(f"{server.api}/chat/completions", json=body, headers=AUTH).json()["error"]
     assert error["code"] == "context_length_exceeded"
-    assert "context is 8192 tokens" in error["message"]
+    # Served at the default 4096 of the model's 8192: the message says both, and the fix.
+    assert "context (prompt plus answer) is 4096" in error["message"], error["message"]
+    assert "serving.maxContextLength" in error["message"] and "8192" in error["message"]
+
+
+def test_the_context_length_sizes_the_kv_cache_and_what_requests_may_ask(
+    int4_export: ExportRun, tmp_path: Path
+) -> None:
+    """The engine allocates every request's KV cache for the served context up front: the
+    model's whole 8192 tokens cost ~360 MiB a request for this 135M model."""
+
+    def peak_rss_mib(context: int) -> float:
+        flags = ("--max-context-length", str(context), "--max-tokens-limit", str(context),
+                 "--max-batch-size", "4")  # fmt: skip
+        with running_server(int4_export.onnx, tmp_path / f"serve-{context}.log", *flags) as srv:
+            url = f"{srv.api}/chat/completions"
+            body = {"messages": [{"role": "user", "content": "Name a colour."}],
+                    "max_tokens": 8, "temperature": 0}  # fmt: skip
+            with ThreadPoolExecutor(4) as pool:
+                replies = list(
+                    pool.map(lambda _: httpx.post(url, json=body, timeout=120), range(4))
+                )
+            assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+            too_long = httpx.post(url, json={**body, "max_tokens": context}, timeout=60)
+            status = Path(f"/proc/{srv.process.pid}/status").read_text()
+            peak = int(status.split("VmHWM:")[1].split()[0]) / 1024
+        assert f"context {context} tokens a request" in srv.log_text()
+        error = too_long.json()["error"]
+        assert too_long.status_code == 400 and error["code"] == "context_length_exceeded"
+        assert f"this server's context is {context} tokens" in error["message"], error
+        return peak
+
+    small, whole = peak_rss_mib(256), peak_rss_mib(8192)
+    # Four requests at 8192 tokens hold ~1.4 GiB more KV cache than at 256.
+    assert whole - small > 800, (small, whole)
 
 
 # -- capacity and shutdown: servers of their own ----------------------------------------

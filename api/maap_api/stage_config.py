@@ -286,6 +286,15 @@ class ServingOptions(CamelModel):
     max_batch_size: int = Field(
         default=8, ge=1, le=256, description="Requests decoded together in one batch."
     )
+    max_context_length: int | None = Field(
+        default=None,
+        ge=16,
+        le=1048576,
+        description="Longest prompt plus answer a request may reach, in tokens. The server "
+        "allocates each batch's KV cache for this many tokens per request, so it sets memory "
+        "and time to first token. At most the model's context length; unset: 4096, or the "
+        "model's context length if that is shorter.",
+    )
     max_queue: int = Field(
         default=64,
         ge=0,

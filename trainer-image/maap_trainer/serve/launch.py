@@ -33,6 +33,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens-limit", type=int, default=None)
     parser.add_argument("--max-batch-size", type=int, default=None)
     parser.add_argument("--max-queue", type=int, default=None)
+    parser.add_argument("--max-context-length", type=int, default=None, metavar="TOKENS",
+                        help="Longest prompt plus answer (default 4096, or the model's "
+                        "context if shorter); each batch's KV cache is sized by it.")  # fmt: skip
     parser.add_argument(
         "--auth-token-env",
         default=None,
@@ -77,6 +80,7 @@ def serving_config(args: argparse.Namespace) -> ServingConfig:
         "max_tokens_limit": args.max_tokens_limit,
         "max_batch_size": args.max_batch_size,
         "max_queue": args.max_queue,
+        "max_context_length": args.max_context_length,
         "auth_token_env": args.auth_token_env,
         "auth_token_file": str(args.auth_token_file) if args.auth_token_file else None,
         "shutdown_grace_seconds": args.shutdown_grace_seconds,
@@ -146,6 +150,7 @@ def run_serve(args: argparse.Namespace) -> None:
         max_tokens_limit=cfg.max_tokens_limit,
         max_batch_size=cfg.max_batch_size,
         max_queue=cfg.max_queue,
+        max_context_length=cfg.max_context_length,
         auth_token=auth_token,
         adapters=adapters,
         admin_token=load_admin_token(args.admin_token_env, auth_token),

@@ -9,11 +9,18 @@ generation, since ONNX Runtime reads an adapter file without comparing it to the
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from maap_trainer.cpus import usable_cpus
 from maap_trainer.serve.adapters import AdapterRejected, runtime_message
+
+log = logging.getLogger("maap.serve.runtime")
+
+# The longest sequence served when serving.maxContextLength is unset (the model's own
+# context if shorter): TGI's and llama.cpp's older defaults were of this size too.
+DEFAULT_CONTEXT_LENGTH = 4096
 
 # What the export stage writes beside a base exported with LoRA slots (export.adapter: true).
 LORA_SLOTS_FILE = "lora_slots.json"
@@ -26,7 +33,13 @@ NO_LORA_INPUTS = (
 class ModelRuntime:
     """Loads a GenAI export directory (genai_config.json, weights, tokenizer)."""
 
-    def __init__(self, model_dir: Path, max_batch_size: int, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        max_batch_size: int,
+        threads: int | None = None,
+        max_context_length: int | None = None,
+    ) -> None:
         import onnxruntime_genai as og
 
         # The serving pod has no route out; the library would otherwise try to send telemetry.
@@ -36,12 +49,27 @@ class ModelRuntime:
         genai_config = json.loads((model_dir / "genai_config.json").read_text(encoding="utf-8"))
         self.dynamic_batching = "dynamic_batching" in genai_config.get("engine", {})
         self.threads = threads or usable_cpus()
+        model_section = genai_config["model"]
+        self.model_context_length = int(model_section.get("context_length", 2048))
+        # The engine allocates each request's KV cache for search.max_length tokens up
+        # front: the model's whole context (8192 for SmolLM2, 131072 for Phi-3 128k) cost
+        # 360 MiB a request for a 135M model and ~30 ms of every first token.
+        self.context_length = min(
+            self.model_context_length, max_context_length or DEFAULT_CONTEXT_LENGTH
+        )
+        if max_context_length and max_context_length > self.model_context_length:
+            log.warning(
+                "serving.maxContextLength %d is over the model's context of %d tokens; serving %d",
+                max_context_length,
+                self.model_context_length,
+                self.context_length,
+            )
         # The static engine batches the requests waiting when a batch starts.
         engine = None if self.dynamic_batching else {"max_batch_size": max_batch_size}
-        self.model = og.Model(model_config(og, model_dir, self.threads, engine))
+        self.model = og.Model(
+            model_config(og, model_dir, self.threads, engine, max_length=self.context_length)
+        )
         self.tokenizer = og.Tokenizer(self.model)
-        model_section = genai_config["model"]
-        self.context_length = int(model_section.get("context_length", 2048))
         self.eos_token_ids = frozenset(_as_list(model_section.get("eos_token_id", [])))
         self.chat_template = _load_chat_template(model_dir)
         self.has_lora_inputs = (model_dir / LORA_SLOTS_FILE).is_file()
@@ -103,17 +131,25 @@ class ModelRuntime:
 
 
 def model_config(
-    og: Any, model_dir: Path, threads: int | None, static_batching: dict[str, Any] | None = None
+    og: Any,
+    model_dir: Path,
+    threads: int | None,
+    static_batching: dict[str, Any] | None = None,
+    max_length: int | None = None,
 ) -> Any:
     """An export's og.Config as every model load here makes it (server, parity gate, bench):
     the intra-op thread count set (left unset, ONNX Runtime GenAI ran one thread on a 2-core
-    machine: cpus.py; None leaves its default), and the static engine's settings, if any."""
+    machine: cpus.py; None leaves its default), the static engine's settings, if any, and
+    the longest sequence (the KV cache the engine allocates per request; None: the model's
+    whole context)."""
     config = og.Config(str(model_dir))
     overlay: dict[str, Any] = {}
     if threads is not None:
         overlay["model"] = {"decoder": {"session_options": {"intra_op_num_threads": threads}}}
     if static_batching is not None:
         overlay["engine"] = {"static_batching": static_batching}
+    if max_length is not None:
+        overlay["search"] = {"max_length": max_length}
     if overlay:
         config.overlay(json.dumps(overlay))
     return config

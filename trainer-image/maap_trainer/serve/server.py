@@ -33,11 +33,11 @@ from maap_trainer.serve.protocol import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
-    SamplingRequest,
     error_body,
     sse,
     usage,
 )
+from maap_trainer.serve.request_limits import sampling_options
 from maap_trainer.serve.runtime import ModelRuntime
 from maap_trainer.serve.scheduler import (
     AdapterUnavailable,
@@ -61,6 +61,7 @@ class ServerSettings:
     max_tokens_limit: int = 1024
     max_batch_size: int = 8
     max_queue: int = 64
+    max_context_length: int | None = None  # None: runtime.DEFAULT_CONTEXT_LENGTH, or less
     auth_token: str | None = None
     adapters: dict[str, Path] = field(default_factory=dict)  # loaded at startup
     admin_token: str | None = None  # None: no /admin API
@@ -84,7 +85,7 @@ class ServerState:
         s = self.settings
         started = time.monotonic()
         try:
-            runtime = ModelRuntime(s.model_dir, s.max_batch_size, s.threads)
+            runtime = ModelRuntime(s.model_dir, s.max_batch_size, s.threads, s.max_context_length)
             keys = {name: self.adapters.new_key(name) for name in s.adapters}
             for name, path in s.adapters.items():
                 try:
@@ -106,7 +107,11 @@ class ServerState:
         self.metrics.adapters.set_function(lambda: len(self.adapters.served()))
         self.runtime, self.scheduler = runtime, scheduler
         self.metrics.ready.set(1)
-        log.info("model loaded from %s in %.1fs", s.model_dir, time.monotonic() - started)
+        log.info(
+            "model loaded from %s in %.1fs; context %d tokens a request (the model's: %d)",
+            s.model_dir, time.monotonic() - started, runtime.context_length,
+            runtime.model_context_length,
+        )  # fmt: skip
 
     def require(self, while_draining: bool = False) -> tuple[ModelRuntime, Scheduler]:
         if self.draining and not while_draining:
@@ -193,7 +198,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         ids = await run_in_threadpool(runtime.encode, prompt)
         options = sampling_options(
             body, body.requested_max_tokens, len(ids), runtime.context_length,
-            settings.max_tokens_limit, "messages",
+            settings.max_tokens_limit, "messages", runtime.model_context_length,
         )  # fmt: skip
         generation = submit(scheduler, ids, options, adapter, state)
         reply = Reply("chat.completion", body.model or settings.model_name)
@@ -213,6 +218,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         options = sampling_options(
             body, body.max_tokens or DEFAULT_COMPLETION_TOKENS, len(ids),
             runtime.context_length, settings.max_tokens_limit, "prompt",
+            runtime.model_context_length,
         )  # fmt: skip
         generation = submit(scheduler, ids, options, adapter, state)
         reply = Reply("text_completion", body.model or settings.model_name)
@@ -246,48 +252,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
         )
 
     return app
-
-
-def sampling_options(
-    body: SamplingRequest,
-    requested: int | None,
-    prompt_tokens: int,
-    context_length: int,
-    limit: int,
-    prompt_param: str,
-) -> SamplingOptions:
-    if requested is not None and requested > limit:
-        raise APIError(
-            400,
-            f"max_tokens: {requested} is above this server's limit of {limit}",
-            param="max_tokens",
-            code="max_tokens_too_large",
-        )
-    room = context_length - prompt_tokens
-    max_tokens = requested if requested is not None else min(limit, room)
-    if max_tokens > room or room <= 0:
-        raise APIError(
-            400,
-            f"{prompt_param}: this model's context is {context_length} tokens; the "
-            f"{prompt_param} take {prompt_tokens} and max_tokens asks for {max_tokens}",
-            param=prompt_param,
-            code="context_length_exceeded",
-        )
-    if body.min_tokens > max_tokens:
-        raise APIError(
-            400,
-            f"min_tokens: {body.min_tokens} is above max_tokens ({max_tokens})",
-            param="min_tokens",
-        )
-    return SamplingOptions(
-        max_tokens=max_tokens,
-        min_tokens=body.min_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        seed=body.seed,
-        stop=body.stop_sequences,
-    )
 
 
 def submit(
