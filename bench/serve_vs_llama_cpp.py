@@ -57,10 +57,13 @@ class ServerKind:
     start: Callable[[Path], AbstractContextManager[Any]]  # log -> running server
 
 
-def maap_server(model_dir: Path, batch: int) -> Callable[[Path], AbstractContextManager[Any]]:
+def maap_server(
+    model_dir: Path, batch: int, context: int
+) -> Callable[[Path], AbstractContextManager[Any]]:
     from tests.serving import running_server
 
-    return lambda log: running_server(model_dir, log, "--max-batch-size", str(batch))
+    flags = ("--max-batch-size", str(batch), "--max-context-length", str(context))
+    return lambda log: running_server(model_dir, log, *flags)
 
 
 def llama_server(
@@ -192,12 +195,14 @@ def main() -> None:
     exports = export_all(args.merged, REPO / "examples/pirate-chat/train.jsonl", args.out,
                          missing, 1, False) if missing else {}  # fmt: skip
     most = max(args.clients)
-    context_per_slot = 512  # prompt (~50 tokens with the template's system turn) + answer
+    # Each request's room, the same for both: prompt (~50 tokens with the template's system
+    # turn) + answer. llama.cpp splits -c across its slots; maap sizes each KV cache by it.
+    context_per_slot = 512
     kinds, model_dirs = {}, {}
     for name in args.servers:
         if name.startswith("maap-"):
             model_dir = args.out / f"export-{name.removeprefix('maap-')}" / "onnx"
-            kinds[name] = ServerKind(name, maap_server(model_dir, most))
+            kinds[name] = ServerKind(name, maap_server(model_dir, most, context_per_slot))
             model_dirs[name] = model_dir
         else:
             gguf = ggufs[name.removeprefix("llama-")]
