@@ -42,12 +42,12 @@ def test_quantization_only_for_integer_precisions() -> None:
 def test_builder_command_passes_precision_provider_and_recipe(
     precision: str, provider: str, quantization: str, algorithm: str | None
 ) -> None:
-    from maap_trainer.export.genai_build import BuildRequest, builder_command
+    from maap_trainer.export.genai_build import BUILDER_MODULE, BuildRequest, builder_command
 
     command = builder_command(
         BuildRequest(Path("/m"), Path("/o"), precision, provider, quantization), Path("/c")
     )
-    assert command[:3] == [sys.executable, "-m", "onnxruntime_genai.models.builder"]
+    assert command[:3] == [sys.executable, "-m", BUILDER_MODULE]
     assert command[command.index("--precision") + 1] == precision
     assert command[command.index("--execution_provider") + 1] == provider
     options = command[command.index("--extra_options") + 1 :]

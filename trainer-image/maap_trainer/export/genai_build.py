@@ -37,9 +37,13 @@ class BuildRequest:
     extra_options: tuple[str, ...] = ()
 
 
+# The builder's own command line, run with its view of the checkpoint's config corrected.
+BUILDER_MODULE = "maap_trainer.export.builder_main"
+
+
 def builder_command(request: BuildRequest, cache_dir: Path) -> list[str]:
     command = [
-        sys.executable, "-m", "onnxruntime_genai.models.builder",
+        sys.executable, "-m", BUILDER_MODULE,
         "--input", str(request.checkpoint),
         "--output", str(request.output),
         "--precision", request.precision,

@@ -241,9 +241,13 @@ class OnnxSide:
         og.disable_telemetry_events()
         self.np, self.og = np, og
         from maap_trainer.cpus import usable_cpus
+        from maap_trainer.kv_window import kv_window
         from maap_trainer.serve.runtime import model_config
 
         self.model = og.Model(model_config(og, model_dir, usable_cpus()))  # as served
+        # Generators stop by token count: search.max_length only sizes the KV cache, which
+        # a sliding-window layer needs at least a window long (kv_window.py).
+        self.shortest_cache = kv_window(model_dir)
         self.tokenizer = og.Tokenizer(self.model)
         self.adapters = None
         self.adapter_name: str | None = None
@@ -254,7 +258,7 @@ class OnnxSide:
 
     def _generator(self, max_length: int, **search: Any) -> Any:
         params = self.og.GeneratorParams(self.model)
-        params.set_search_options(max_length=max_length, **search)
+        params.set_search_options(max_length=max(max_length, self.shortest_cache), **search)
         generator = self.og.Generator(self.model, params)
         if self.adapters is not None:
             generator.set_active_adapter(self.adapters, self.adapter_name)
