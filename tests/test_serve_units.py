@@ -80,8 +80,12 @@ def test_a_prompt_over_the_context_says_what_to_do_not_a_negative_max_tokens() -
 
 
 def test_requests_refuse_what_they_cannot_honour() -> None:
-    for fields, param in [({"n": 3}, "n"), ({"logprobs": True}, "logprobs"),
-                          ({"frequency_penalty": 0.5}, "frequency_penalty")]:  # fmt: skip
+    refused = [
+        ({"function_call": "auto"}, "function_call"),
+        ({"logit_bias": {"1": 2}}, "logit_bias"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+    ]
+    for fields, param in refused:
         with pytest.raises(APIError) as caught:
             chat(**fields)
         assert caught.value.param == param
@@ -145,3 +149,38 @@ def test_adapter_flags() -> None:
     for bad in (["nameonly"], ["=path"], ["a=/x", "a=/y"]):
         with pytest.raises(ConfigError, match="--adapter"):
             parse_adapters(bad)
+
+
+def test_openai_penalties_map_onto_the_engines_repetition_penalty() -> None:
+    import math
+
+    assert chat().engine_repetition_penalty is None
+    assert math.isclose(chat(presence_penalty=1.0).engine_repetition_penalty, math.exp(0.5))
+    both = chat(presence_penalty=0.5, frequency_penalty=0.5).engine_repetition_penalty
+    assert math.isclose(both, math.exp(0.5))
+    assert chat(frequency_penalty=-2).engine_repetition_penalty < 1, "negative: repeat more"
+    assert chat(presence_penalty=2, repetition_penalty=1.1).engine_repetition_penalty == 1.1
+
+
+def test_tool_grammar_and_calls_round_trip() -> None:
+    from maap_trainer.serve.tools import CallStream, ToolSpec, parse_calls, tool_use
+
+    spec = ToolSpec.model_validate({"type": "function", "function": {"name": "f",
+                                    "parameters": {"type": "object"}}})  # fmt: skip
+    use = tool_use([spec], "required", None)
+    assert use is not None and use.mode == "required" and use.parallel
+    assert use.grammar().startswith("start: calls\n") and "%json" in use.grammar()
+    assert tool_use([spec], "none", None) is None
+    auto = tool_use([spec], None, False)
+    assert auto is not None and "TEXT" in auto.grammar() and not auto.parallel
+    text = '<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>\n<tool_call>{"name"'
+    calls = parse_calls(text)
+    assert calls is not None and len(calls) == 1, "the cut-off second call is not a call"
+    assert calls[0]["function"] == {"name": "f", "arguments": '{"a": 1}'}
+    assert parse_calls("Paris is the capital.") is None
+    stream = CallStream()
+    assert stream.feed("<tool") == ("", []) and stream.feed("_call>{") == ("", [])
+    out, done = stream.feed('"name": "f", "arguments": {}}</tool_call>')
+    assert out == "" and [c["function"]["name"] for c in done] == ["f"]
+    text_stream = CallStream()
+    assert text_stream.feed("<b>") == ("<b>", []) and text_stream.feed(" hi") == (" hi", [])

@@ -12,7 +12,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from maap_trainer.serve.logprobs import TokenLogprob
 from maap_trainer.serve.runtime import ModelRuntime
+from maap_trainer.serve.structured import Guidance
 from maap_trainer.serve.textstream import StopMatcher
 
 
@@ -32,6 +34,14 @@ class AdapterUnavailable(Exception):
     """The generation names an adapter that is not loaded (or was unloaded meanwhile)."""
 
 
+class GuidanceRejected(Exception):
+    """The grammar a request's response_format or tools make cannot be compiled."""
+
+    def __init__(self, param: str, reason: str) -> None:
+        super().__init__(f"{param}: not a grammar ONNX Runtime GenAI can enforce: {reason}")
+        self.param = param
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     max_tokens: int
@@ -41,10 +51,21 @@ class SamplingOptions:
     top_k: int = 50
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    guidance: Guidance | None = None  # response_format or tools: the grammar to hold to
+    repetition_penalty: float | None = None
+    logprobs: int | None = None  # alternatives per token (0: the chosen one's); None: off
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Text released to the client, and the log probabilities of the tokens it came from."""
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 _DONE = object()
@@ -62,11 +83,13 @@ class Generation:
         self.completion_tokens = 0
         self.finish_reason: str | None = None
         self.error: str | None = None
+        self.rejected: GuidanceRejected | None = None  # a 400, not a server failure
         self.submitted_at = time.monotonic()
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._started = asyncio.Event()  # its first token came, or it ended without one
 
     @property
     def prompt_tokens(self) -> int:
@@ -90,18 +113,30 @@ class Generation:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
-    async def pieces(self) -> AsyncIterator[str]:
+    def mark_started(self) -> None:
+        """From the scheduler thread."""
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._started.set)
+
+    async def started(self) -> None:
+        await self._started.wait()
+
+    async def pieces(self) -> AsyncIterator[Piece]:
         while True:
             item = await self._queue.get()
             if item is _DONE:
                 if self.error is not None:
                     raise GenerationFailed(self.error)
                 return
-            assert isinstance(item, str)
+            assert isinstance(item, Piece)
             yield item
 
     async def text(self) -> str:
-        return "".join([piece async for piece in self.pieces()])
+        return "".join([piece.text async for piece in self.pieces()])
+
+    async def result(self) -> tuple[str, list[TokenLogprob]]:
+        pieces = [piece async for piece in self.pieces()]
+        return "".join(p.text for p in pieces), [lp for p in pieces for lp in p.logprobs]
 
 
 class Decoder:
@@ -114,28 +149,45 @@ class Decoder:
         on_finish: Callable[[Generation], None],
     ) -> None:
         self.generation = generation
+        self.runtime = runtime
         self.stream = runtime.create_stream()
         self.matcher = StopMatcher(generation.options.stop)
         self.eos = runtime.eos_token_ids
         self.done = False
         self._on_finish = on_finish
+        self._logprobs: list[TokenLogprob] = []  # of tokens whose text is not released yet
 
-    def on_token(self, token: int) -> bool:
-        """Take one generated token; True once the generation is finished."""
+    def on_token(
+        self, token: int, logprob: tuple[float, list[tuple[int, float]]] | None = None
+    ) -> bool:
+        """Take one generated token (and its log probabilities, when they were asked for);
+        True once the generation is finished."""
         g = self.generation
         if g.first_token_at is None:
             g.first_token_at = time.monotonic()
+            g.mark_started()
         if token in self.eos:
             return self.finish("stop")
         g.completion_tokens += 1
+        if logprob is not None:
+            text_of = self.runtime.token_text
+            chosen, top = logprob
+            self._logprobs.append(
+                TokenLogprob(text_of(token), chosen, tuple((text_of(t), lp) for t, lp in top))
+            )
         text = self.matcher.feed(self.stream.decode(token))
         if text:
-            g.push(text)
+            self._release(text)
         if self.matcher.stopped:
+            self._logprobs.clear()  # the stop sequence's tokens: not part of the answer
             return self.finish("stop")
         if g.completion_tokens >= g.options.max_tokens:
             return self.finish("length")
         return False
+
+    def _release(self, text: str) -> None:
+        self.generation.push(Piece(text, tuple(self._logprobs)))
+        self._logprobs.clear()
 
     def finish(self, reason: str, error: str | None = None) -> bool:
         if self.done:
@@ -143,9 +195,10 @@ class Decoder:
         self.done = True
         g = self.generation
         tail = self.matcher.flush()
-        if tail and error is None:
-            g.push(tail)
+        if (tail or self._logprobs) and error is None:
+            self._release(tail)
         g.finish_reason, g.error, g.finished_at = reason, error, time.monotonic()
         g.push(_DONE)
+        g.mark_started()
         self._on_finish(g)
         return True

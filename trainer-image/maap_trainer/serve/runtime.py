@@ -129,6 +129,12 @@ class ModelRuntime:
     def create_stream(self) -> Any:
         return self.tokenizer.create_stream()
 
+    def token_text(self, token: int) -> str:
+        """One token's own text (a piece of a multi-byte character decodes to U+FFFD)."""
+        import numpy as np
+
+        return str(self.tokenizer.decode(np.asarray([token], dtype=np.int32)))
+
 
 def model_config(
     og: Any,
@@ -149,7 +155,11 @@ def model_config(
     if static_batching is not None:
         overlay["engine"] = {"static_batching": static_batching}
     if max_length is not None:
-        overlay["search"] = {"max_length": max_length}
+        from maap_trainer.kv_window import kv_window
+
+        # A sliding-window layer's cache must hold its whole window, however short the
+        # served context (kv_window.py); requests are still limited to max_length.
+        overlay["search"] = {"max_length": max(max_length, kv_window(model_dir))}
     if overlay:
         config.overlay(json.dumps(overlay))
     return config

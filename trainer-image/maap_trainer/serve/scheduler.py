@@ -7,10 +7,12 @@ statically: the requests waiting when a batch starts run together, and newcomers
 the next batch. Either way the wait is bounded: `max_batch_size + max_queue` generations may
 be in flight, and the next is refused (the server answers 429).
 
-Two kinds of request cannot go through a static engine: a seeded sampling request (the
-engine takes a per-request seed only with dynamic batching) and a request for a LoRA adapter
-(engine requests have no adapter switch). Those run on their own `og.Generator`, stepped by
-the same thread between engine steps, at most `max_batch_size` at a time.
+Three kinds of request cannot go through a static engine: a seeded sampling request (the
+engine takes a per-request seed only with dynamic batching), a request for a LoRA adapter
+(engine requests have no adapter switch) and one for log probabilities (engine events carry
+no logits). Those run on their own `og.Generator`, stepped by the same thread between
+engine steps, at most `max_batch_size` at a time. Grammars (structured outputs, tool
+calls) and the repetition penalty work on both.
 
 Adapters are loaded and unloaded by that thread too, between steps (`run_in_loop`), so a
 change never races a running step. An adapter taken out of service (`retire_adapter`)
@@ -31,15 +33,18 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from maap_trainer.serve.engine_requests import begin_turn, new_generator
 from maap_trainer.serve.generation import (
     AdapterUnavailable,
     Decoder,
     Draining,
     Generation,
     GenerationFailed,
+    GuidanceRejected,
     QueueFull,
     SamplingOptions,
 )
+from maap_trainer.serve.logprobs import step_logprobs
 from maap_trainer.serve.runtime import ModelRuntime
 
 __all__ = [
@@ -314,9 +319,11 @@ class Scheduler:
             log.info("adapter %s unloaded", key)
 
     def _needs_generator(self, generation: Generation) -> bool:
-        if generation.adapter is not None:
-            return True
+        """What the engine cannot do: adapters, a seed per request on a static engine, and
+        log probabilities (only a generator shows its logits)."""
         options = generation.options
+        if generation.adapter is not None or options.logprobs is not None:
+            return True
         return options.seed is not None and not options.greedy and not self.runtime.dynamic_batching
 
     def _start(self, generation: Generation) -> None:
@@ -330,53 +337,15 @@ class Scheduler:
                 return
             request, turn = self._begin_turn(generation)
         except Exception as exc:
-            decoder.finish("error", f"{type(exc).__name__}: {exc}")
+            _refuse(decoder, exc)
             return
         self._engine_slots[request] = _EngineSlot(request, turn, decoder)
 
     def _begin_turn(self, generation: Generation) -> tuple[Any, int]:
-        og, options = self._og, generation.options
-        request = self._engine.create_request()
-        turn_options = og.TurnOptions(request)
-        turn_options.set_max_generated_tokens(options.max_tokens)
-        if options.min_tokens:
-            turn_options.set_min_generated_tokens(options.min_tokens)
-        turn_options.set_do_sample(not options.greedy)
-        if not options.greedy:
-            turn_options.set_temperature(options.temperature)
-            turn_options.set_top_p(options.top_p)
-            turn_options.set_top_k(options.top_k)
-            if options.seed is not None:
-                turn_options.set_seed(options.seed)
-        import numpy as np
-
-        turn = request.begin_turn(np.asarray(generation.prompt_ids, dtype=np.int32), turn_options)
-        return request, turn
+        return begin_turn(self._og, self._engine, generation)
 
     def _new_generator(self, decoder: Decoder) -> _GeneratorSlot:
-        import numpy as np
-
-        og, generation = self._og, decoder.generation
-        options = generation.options
-        search: dict[str, Any] = {
-            "max_length": min(
-                self.runtime.context_length, generation.prompt_tokens + options.max_tokens
-            ),
-            "do_sample": not options.greedy,
-        }
-        if options.min_tokens:
-            search["min_length"] = generation.prompt_tokens + options.min_tokens
-        if not options.greedy:
-            search.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k)
-            if options.seed is not None:
-                search["random_seed"] = options.seed
-        params = og.GeneratorParams(self.runtime.model)
-        params.set_search_options(**search)
-        generator = og.Generator(self.runtime.model, params)
-        if generation.adapter is not None:
-            generator.set_active_adapter(self.runtime.adapters, generation.adapter)
-        generator.append_tokens(np.asarray(generation.prompt_ids, dtype=np.int32))
-        return _GeneratorSlot(generator, decoder)
+        return _GeneratorSlot(new_generator(self._og, self.runtime, decoder.generation), decoder)
 
     def _cancel(self, generation: Generation) -> None:
         for slot in self._engine_slots.values():
@@ -430,8 +399,16 @@ class Scheduler:
                 # An end-of-sequence token finishes in on_token; done here means max_length.
                 slot.decoder.finish("length")
             else:
+                # The logits the next token is chosen from: generate_next_token picks it
+                # from these, then runs the model on it (its logits predict the one after).
+                alternatives = slot.decoder.generation.options.logprobs
+                logits = None if alternatives is None else generator.get_logits()
                 generator.generate_next_token()
-                slot.decoder.on_token(int(generator.get_next_tokens()[0]))
+                token = int(generator.get_next_tokens()[0])
+                logprob = None
+                if logits is not None and alternatives is not None:
+                    logprob = step_logprobs(logits, token, alternatives)
+                slot.decoder.on_token(token, logprob)
             if slot.decoder.done:
                 del self._generator_slots[generation]
         while self._generator_waiting and len(self._generator_slots) < self.max_batch_size:
@@ -440,7 +417,7 @@ class Scheduler:
             try:
                 self._generator_slots[generation] = self._new_generator(decoder)
             except Exception as exc:
-                decoder.finish("error", f"{type(exc).__name__}: {exc}")
+                _refuse(decoder, exc)
 
     def _refuse_loop_tasks(self, error: BaseException) -> None:
         """With the lock held: the loop ends; the tasks still queued will never run."""
@@ -457,6 +434,15 @@ class Scheduler:
         for generation in pending:
             if generation.finished_at is None:
                 Decoder(generation, self.runtime, self._finished).finish("error", message)
+
+
+def _refuse(decoder: Decoder, exc: Exception) -> None:
+    """A generation that could not start: the request's fault (a 400) or the runtime's."""
+    if isinstance(exc, GuidanceRejected):
+        decoder.generation.rejected = exc
+        decoder.finish("error", str(exc))
+    else:
+        decoder.finish("error", f"{type(exc).__name__}: {exc}")
 
 
 def _run_task(task: Callable[[], Any], future: Future[Any]) -> None:

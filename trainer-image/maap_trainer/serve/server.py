@@ -13,10 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,15 @@ from starlette.concurrency import run_in_threadpool
 
 from maap_trainer.serve.adapters import AdapterRegistry, AdapterRejected, served_name
 from maap_trainer.serve.admin import install_admin
+from maap_trainer.serve.chat_prompt import tool_guidance, with_instructions
 from maap_trainer.serve.common import install_common
 from maap_trainer.serve.metrics import ServerMetrics
 from maap_trainer.serve.protocol import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
-    error_body,
-    sse,
-    usage,
 )
+from maap_trainer.serve.replies import Answer, Reply
 from maap_trainer.serve.request_limits import sampling_options
 from maap_trainer.serve.runtime import ModelRuntime
 from maap_trainer.serve.scheduler import (
@@ -48,6 +46,8 @@ from maap_trainer.serve.scheduler import (
     SamplingOptions,
     Scheduler,
 )
+from maap_trainer.serve.structured import response_guidance
+from maap_trainer.serve.tools import tool_use
 
 log = logging.getLogger("maap.serve")
 
@@ -189,7 +189,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def chat_completions(body: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
         runtime, scheduler = state.require()
         adapter = state.adapter_for(body.model)
-        messages = [m.as_template_message() for m in body.messages]
+        use = tool_use(body.tools, body.tool_choice, body.parallel_tool_calls)
+        messages = with_instructions(body, use)
         try:
             prompt = runtime.render_chat(messages)
         except Exception as exc:
@@ -200,13 +201,19 @@ def create_app(settings: ServerSettings) -> FastAPI:
             body, body.requested_max_tokens, len(ids), runtime.context_length,
             settings.max_tokens_limit, "messages", runtime.model_context_length,
         )  # fmt: skip
-        generation = submit(scheduler, ids, options, adapter, state)
-        reply = Reply("chat.completion", body.model or settings.model_name)
+        guidance = tool_guidance(use) if use else response_guidance(body.response_format)
+        options = replace(
+            options,
+            guidance=guidance,
+            repetition_penalty=body.engine_repetition_penalty,
+            logprobs=body.requested_logprobs,
+        )
+        gens = await submit_choices(scheduler, ids, options, adapter, state, body.n)
+        reply = Reply("chat.completion", body.model or settings.model_name, use, body.logprobs)
         if body.stream:
-            chunks = reply.chat_chunks(generation, body.include_usage)
-            return stream(chunks, scheduler, generation, "/v1/chat/completions")
-        text = await finish(generation, state.metrics)
-        return JSONResponse(reply.chat(text, generation))
+            return stream(reply.chat_chunks(gens, body.include_usage), scheduler, gens,
+                          "/v1/chat/completions")  # fmt: skip
+        return JSONResponse(reply.chat(await finish(gens, state.metrics)))
 
     @api.post("/completions", response_model=None)
     async def completions(body: CompletionRequest) -> JSONResponse | StreamingResponse:
@@ -220,30 +227,35 @@ def create_app(settings: ServerSettings) -> FastAPI:
             runtime.context_length, settings.max_tokens_limit, "prompt",
             runtime.model_context_length,
         )  # fmt: skip
-        generation = submit(scheduler, ids, options, adapter, state)
-        reply = Reply("text_completion", body.model or settings.model_name)
+        options = replace(
+            options, repetition_penalty=body.engine_repetition_penalty, logprobs=body.logprobs
+        )
+        gens = await submit_choices(scheduler, ids, options, adapter, state, body.n)
+        reply = Reply(
+            "text_completion", body.model or settings.model_name, logprobs=body.logprobs is not None
+        )
         if body.stream:
-            chunks = reply.completion_chunks(generation, body.include_usage)
-            return stream(chunks, scheduler, generation, "/v1/completions")
-        text = await finish(generation, state.metrics)
-        return JSONResponse(reply.completion(text, generation))
+            return stream(reply.completion_chunks(gens, body.include_usage), scheduler, gens,
+                          "/v1/completions")  # fmt: skip
+        return JSONResponse(reply.completion(await finish(gens, state.metrics)))
 
     app.include_router(api)
 
     def stream(
-        chunks: AsyncIterator[str], scheduler: Scheduler, generation: Generation, endpoint: str
+        chunks: AsyncIterator[str], scheduler: Scheduler, gens: list[Generation], endpoint: str
     ) -> StreamingResponse:
         async def events() -> AsyncIterator[str]:
             try:
                 async for chunk in chunks:
                     yield chunk
             finally:
-                if generation.finished_at is None:
-                    scheduler.cancel(generation)  # the client went away
-                elif generation.error is not None:
-                    state.metrics.errors.labels(endpoint, "stream_failed").inc()
-                else:
-                    state.metrics.observe(generation)
+                for generation in gens:
+                    if generation.finished_at is None:
+                        scheduler.cancel(generation)  # the client went away
+                    elif generation.error is not None:
+                        state.metrics.errors.labels(endpoint, "stream_failed").inc()
+                    else:
+                        state.metrics.observe(generation)
 
         return StreamingResponse(
             events(),
@@ -281,88 +293,44 @@ def submit(
     return generation
 
 
-async def finish(generation: Generation, metrics: ServerMetrics) -> str:
+async def submit_choices(
+    scheduler: Scheduler,
+    ids: list[int],
+    options: SamplingOptions,
+    adapter: str | None,
+    state: ServerState,
+    n: int,
+) -> list[Generation]:
+    """n generations of one prompt (a seeded request's choices get seeds seed, seed+1, ...,
+    so they differ and each is reproducible). A guided request waits for its first
+    generation to start: a grammar that cannot be compiled is a 400, not a broken stream."""
+    gens: list[Generation] = []
     try:
-        text = await generation.text()
-    except GenerationFailed as exc:
-        raise APIError(500, f"generation failed: {exc}", code="generation_failed") from None
-    metrics.observe(generation)
-    return text
+        for i in range(n):
+            seed = None if options.seed is None else (options.seed + i) % 2**32
+            gens.append(submit(scheduler, ids, replace(options, seed=seed), adapter, state))
+    except APIError:
+        for g in gens:
+            scheduler.cancel(g)
+        raise
+    if options.guidance is not None:
+        await gens[0].started()
+        if (rejected := gens[0].rejected) is not None:
+            for g in gens:
+                scheduler.cancel(g)
+            raise APIError(400, str(rejected), rejected.param)
+    return gens
 
 
-class Reply:
-    """Response bodies and SSE chunks for one request."""
-
-    def __init__(self, kind: str, model: str) -> None:
-        prefix = "chatcmpl" if kind == "chat.completion" else "cmpl"
-        self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"
-        self.kind, self.model, self.created = kind, model, int(time.time())
-
-    def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": obj,
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": None,
-            "choices": choices,
-        }
-
-    def chat(self, text: str, g: Generation) -> dict[str, Any]:
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": None,
-            "finish_reason": g.finish_reason,
-        }
-        return {**self._envelope("chat.completion", [choice]), "usage": _usage(g)}
-
-    def completion(self, text: str, g: Generation) -> dict[str, Any]:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": g.finish_reason}
-        return {**self._envelope("text_completion", [choice]), "usage": _usage(g)}
-
-    async def chat_chunks(self, g: Generation, include_usage: bool) -> AsyncIterator[str]:
-        def chunk(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return self._envelope("chat.completion.chunk", [choice])
-
-        yield sse(chunk({"role": "assistant", "content": ""}, None))
-        async for event in _pieces_or_error(g):
-            if isinstance(event, dict):
-                yield sse(event)
-                yield sse("[DONE]")
-                return
-            yield sse(chunk({"content": event}, None))
-        yield sse(chunk({}, g.finish_reason))
-        if include_usage:
-            yield sse({**self._envelope("chat.completion.chunk", []), "usage": _usage(g)})
-        yield sse("[DONE]")
-
-    async def completion_chunks(self, g: Generation, include_usage: bool) -> AsyncIterator[str]:
-        def chunk(text: str, finish: str | None) -> dict[str, Any]:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-            return self._envelope("text_completion", [choice])
-
-        async for event in _pieces_or_error(g):
-            if isinstance(event, dict):
-                yield sse(event)
-                yield sse("[DONE]")
-                return
-            yield sse(chunk(event, None))
-        yield sse(chunk("", g.finish_reason))
-        if include_usage:
-            yield sse({**self._envelope("text_completion", []), "usage": _usage(g)})
-        yield sse("[DONE]")
-
-
-async def _pieces_or_error(g: Generation) -> AsyncIterator[str | dict[str, Any]]:
-    """Text pieces; a failure after the 200 went out becomes an SSE error event."""
-    try:
-        async for piece in g.pieces():
-            yield piece
-    except GenerationFailed as exc:
-        yield error_body(f"generation failed: {exc}", "server_error", code="generation_failed")
-
-
-def _usage(g: Generation) -> dict[str, int]:
-    return usage(g.prompt_tokens, g.completion_tokens)
+async def finish(gens: list[Generation], metrics: ServerMetrics) -> list[Answer]:
+    answers = []
+    for generation in gens:
+        try:
+            text, logprobs = await generation.result()
+        except GenerationFailed as exc:
+            if generation.rejected is not None:
+                raise APIError(400, str(generation.rejected), generation.rejected.param) from None
+            raise APIError(500, f"generation failed: {exc}", code="generation_failed") from None
+        metrics.observe(generation)
+        answers.append(Answer(generation, text, logprobs))
+    return answers
