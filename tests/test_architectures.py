@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from maap_trainer.kv_window import kv_window
 
 from tests.conftest import PIRATE_DATA
 from tests.serving import TEST_PARITY, running_server
@@ -34,6 +37,8 @@ LONG_QUESTION = (
     "sea is salty, why the sky is blue, and how many legs a spider has on a calm day?"
 )
 ANSWER_TOKENS = 24
+# A served context shorter than the window, long enough for "Hi" (61 tokens) and 4 more.
+SHORT_CONTEXT = 80
 # A random model's next-token margins are thin, so int4 rounding flips more of them than in
 # a trained model: these exports agreed on 48-100% of tokens, perplexity -3%..+12%; the
 # broken exports met on the way (a graph with the wrong layer as LM head) agreed on 0-16%.
@@ -73,9 +78,12 @@ def job_config(output_dir: Path, base: Path, data: Path, export: dict[str, Any])
 
 @dataclass
 class Timings:
-    seconds: dict[str, float]
+    seconds: dict[str, float] = field(default_factory=dict)
 
-    def time(self, name: str, started: float) -> None:
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        yield
         self.seconds[name] = round(time.monotonic() - started, 1)
 
 
@@ -84,9 +92,8 @@ def train(job: Any, timings: Timings) -> Path:
     output.mkdir(parents=True)
     config = output / "config.json"
     config.write_text(json.dumps(job.to_json_dict()), encoding="utf-8")
-    started = time.monotonic()
-    done = run_stage(config, timeout=600)
-    timings.time("train", started)
+    with timings.stage("train"):
+        done = run_stage(config, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((output / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["steps"] == STEPS
@@ -101,10 +108,8 @@ def export(job: Any, merged: Path, timings: Timings) -> dict[str, Any]:
     output.mkdir(exist_ok=True)
     if not (output / "merged").exists():  # the int4 job exports the fp32 job's merge
         (output / "merged").symlink_to(merged)
-    started = time.monotonic()
-    info = run_export(job)
-    timings.time(f"export {job.export.precision}", started)
-    return info
+    with timings.stage(f"export {job.export.precision}"):
+        return run_export(job)
 
 
 def chat_ids(tokenizer: Any, question: str) -> list[int]:
@@ -153,23 +158,22 @@ def as_served(onnx: Path, ids: list[int]) -> str:
     return "".join(stream.decode(token) for token in ids)
 
 
-def served_answer(onnx: Path, log: Path, timings: Timings, label: str) -> dict[str, Any]:
-    started = time.monotonic()
-    with running_server(onnx, log) as server:
+def served_answer(onnx: Path, log: Path, question: str, tokens: int, *flags: str) -> dict[str, Any]:
+    """A greedy chat answer from the real server, checked for the OpenAI shape."""
+    with running_server(onnx, log, *flags) as server:
         reply = httpx.post(
             f"{server.api}/chat/completions",
-            json={"messages": [{"role": "user", "content": LONG_QUESTION}],
-                  "max_tokens": ANSWER_TOKENS, "temperature": 0},
+            json={"messages": [{"role": "user", "content": question}],
+                  "max_tokens": tokens, "temperature": 0},
             timeout=120,
         )  # fmt: skip
-    timings.time(f"serve {label}", started)
     assert reply.status_code == 200, reply.text
     body = reply.json()
     choice, usage = body["choices"][0], body["usage"]
     assert choice["message"]["role"] == "assistant"
     assert isinstance(choice["message"]["content"], str)
     assert choice["finish_reason"] in ("stop", "length")
-    assert usage["prompt_tokens"] > WINDOW and 0 < usage["completion_tokens"] <= ANSWER_TOKENS
+    assert 0 < usage["completion_tokens"] <= tokens
     return body
 
 
@@ -178,10 +182,9 @@ def test_train_merge_export_gate_and_serve(
     name: str, tokenizer_dir: Path, chat_data: Path, tmp_path: Path
 ) -> None:
     architecture = ARCHITECTURES[name]
-    timings = Timings({})
-    started = time.monotonic()
-    base = build_checkpoint(architecture, tokenizer_dir, tmp_path / "base")
-    timings.time("build", started)
+    timings = Timings()
+    with timings.stage("build"):
+        base = build_checkpoint(architecture, tokenizer_dir, tmp_path / "base")
 
     fp32_job = job_config(tmp_path / "fp32", base, chat_data,
                           {"precision": "fp32", "parity": TEST_PARITY})  # fmt: skip
@@ -205,10 +208,22 @@ def test_train_merge_export_gate_and_serve(
     # The fp32 server's greedy answer is PyTorch's, token for token, decoded past the window.
     reference = pytorch_tokens(merged, LONG_QUESTION, ANSWER_TOKENS)
     fp32_onnx = tmp_path / "fp32" / "onnx"
-    served = served_answer(fp32_onnx, tmp_path / "fp32.log", timings, "fp32")
+    with timings.stage("serve fp32"):
+        served = served_answer(fp32_onnx, tmp_path / "fp32.log", LONG_QUESTION, ANSWER_TOKENS)
+    assert served["usage"]["prompt_tokens"] > WINDOW
     assert served["usage"]["completion_tokens"] == len(reference)
     assert served["choices"][0]["message"]["content"] == as_served(fp32_onnx, reference)
-    served_answer(tmp_path / "int4" / "onnx", tmp_path / "int4.log", timings, "int4")
+    assert bool(kv_window(fp32_onnx)) == ("sliding_window" in architecture.settings)
+    if kv_window(fp32_onnx):
+        # A served context shorter than the window (serving.maxContextLength) still needs
+        # a window-long cache: the engine failed on every request without one.
+        short = served_answer(fp32_onnx, tmp_path / "short.log", "Hi", 4,
+                              "--max-context-length", str(SHORT_CONTEXT))  # fmt: skip
+        assert short["usage"]["prompt_tokens"] + 4 <= SHORT_CONTEXT < WINDOW
+    with timings.stage("serve int4"):
+        int4_onnx = tmp_path / "int4" / "onnx"
+        served_answer(int4_onnx, tmp_path / "int4.log", LONG_QUESTION, ANSWER_TOKENS)
     figures = {k: int4["parity"][k] for k in ("tokenAgreement", "prefixAgreement")}
     figures["perplexityIncrease"] = int4["parity"]["perplexity"]["relativeIncrease"]
-    print(f"{name}: {timings.seconds}, total {time.monotonic() - started:.1f} s; int4 {figures}")
+    total = sum(timings.seconds.values())
+    print(f"{name}: {timings.seconds}, total {total:.1f} s; int4 {figures}")
