@@ -160,15 +160,20 @@ def as_served(onnx: Path, ids: list[int]) -> str:
 
 def served_answer(onnx: Path, log: Path, question: str, tokens: int, *flags: str) -> dict[str, Any]:
     """A greedy chat answer from the real server, checked for the OpenAI shape."""
+    request = {"messages": [{"role": "user", "content": question}], "max_tokens": tokens,
+               "temperature": 0}  # fmt: skip
     with running_server(onnx, log, *flags) as server:
-        reply = httpx.post(
-            f"{server.api}/chat/completions",
-            json={"messages": [{"role": "user", "content": question}],
-                  "max_tokens": tokens, "temperature": 0},
-            timeout=120,
-        )  # fmt: skip
+        url = f"{server.api}/chat/completions"
+        reply = httpx.post(url, json=request, timeout=120)
+        # logprobs run on a generator of the request's own (a KV cache sized for it, at
+        # least the window), not the engine: the same greedy answer either way.
+        generator_reply = httpx.post(url, json={**request, "logprobs": True}, timeout=120)
     assert reply.status_code == 200, reply.text
+    assert generator_reply.status_code == 200, generator_reply.text
     body = reply.json()
+    by_generator = generator_reply.json()["choices"][0]
+    assert by_generator["message"]["content"] == body["choices"][0]["message"]["content"]
+    assert len(by_generator["logprobs"]["content"]) == body["usage"]["completion_tokens"]
     choice, usage = body["choices"][0], body["usage"]
     assert choice["message"]["role"] == "assistant"
     assert isinstance(choice["message"]["content"], str)

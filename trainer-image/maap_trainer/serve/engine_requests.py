@@ -44,10 +44,12 @@ def begin_turn(og: Any, engine: Any, generation: Generation) -> tuple[Any, int]:
 
 def new_generator(og: Any, runtime: ModelRuntime, generation: Generation) -> Any:
     """A generator of its own for the generation, its prompt already appended; its KV
-    cache is sized for this prompt and answer only."""
+    cache is sized for this prompt and answer only (but never under a sliding window: the
+    decoder stops the answer at max_tokens)."""
     options = generation.options
+    needed = min(runtime.context_length, generation.prompt_tokens + options.max_tokens)
     search: dict[str, Any] = {
-        "max_length": min(runtime.context_length, generation.prompt_tokens + options.max_tokens),
+        "max_length": max(needed, runtime.kv_window),
         "do_sample": not options.greedy,
     }
     if options.min_tokens:

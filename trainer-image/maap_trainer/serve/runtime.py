@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from maap_trainer.cpus import usable_cpus
+from maap_trainer.kv_window import kv_window
 from maap_trainer.serve.adapters import AdapterRejected, runtime_message
 
 log = logging.getLogger("maap.serve.runtime")
@@ -64,10 +65,14 @@ class ModelRuntime:
                 self.model_context_length,
                 self.context_length,
             )
+        # A sliding-window layer's cache must hold the whole window (kv_window.py), whatever
+        # the served context; requests are still held to context_length, by token count.
+        self.kv_window = kv_window(model_dir)
+        self.kv_length = max(self.context_length, self.kv_window)
         # The static engine batches the requests waiting when a batch starts.
         engine = None if self.dynamic_batching else {"max_batch_size": max_batch_size}
         self.model = og.Model(
-            model_config(og, model_dir, self.threads, engine, max_length=self.context_length)
+            model_config(og, model_dir, self.threads, engine, max_length=self.kv_length)
         )
         self.tokenizer = og.Tokenizer(self.model)
         self.eos_token_ids = frozenset(_as_list(model_section.get("eos_token_id", [])))
@@ -105,7 +110,7 @@ class ModelRuntime:
 
         prompt = self.encode("Hello") or sorted(self.eos_token_ids)[:1] or [0]
         params = self.og.GeneratorParams(self.model)
-        params.set_search_options(max_length=len(prompt) + 1, do_sample=False)
+        params.set_search_options(max_length=max(len(prompt) + 1, self.kv_window), do_sample=False)
         generator = self.og.Generator(self.model, params)
         try:
             generator.set_active_adapter(self.adapters, adapter_key)
@@ -155,11 +160,7 @@ def model_config(
     if static_batching is not None:
         overlay["engine"] = {"static_batching": static_batching}
     if max_length is not None:
-        from maap_trainer.kv_window import kv_window
-
-        # A sliding-window layer's cache must hold its whole window, however short the
-        # served context (kv_window.py); requests are still limited to max_length.
-        overlay["search"] = {"max_length": max(max_length, kv_window(model_dir))}
+        overlay["search"] = {"max_length": max_length}
     if overlay:
         config.overlay(json.dumps(overlay))
     return config
