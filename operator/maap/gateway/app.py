@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from maap.gateway import jobs
 from maap.gateway.backend import JobBackend
+from maap.gateway.console import mount_console
 from maap.gateway.errors import APIError, install_error_handlers, not_found
 from maap.gateway.file_urls import INTERNAL_PREFIX, check_signature
 from maap.gateway.files import FileStore
@@ -48,6 +49,8 @@ class GatewaySettings:
     run_backend: bool = True
     # Called with each job's object once, when it first becomes terminal (tests, logs).
     on_terminal: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
+    # Serve the web console at /console.
+    console: bool = True
 
 
 def create_app(
@@ -227,6 +230,15 @@ def create_app(
         name = jobs.fine_tuned_model_name(obj)
         return page(job_checkpoints(obj, name, history), after, limit)
 
+    @api.get("/fine_tuning/jobs/{job_id}/history")
+    async def job_history(namespace: Tenant, job_id: str) -> dict[str, Any]:
+        """maap's own: every logged point (train and eval loss per step) and checkpoint,
+        oldest first, for the console's curves (events carry the same, newest first and
+        paged)."""
+        await job_or_404(namespace, job_id)
+        history = await call(backend.history, namespace, job_id)
+        return jobs.history_object(job_id, history)
+
     # -- models and inference -----------------------------------------------------------
 
     @api.get("/models")
@@ -257,6 +269,8 @@ def create_app(
         return await router.forward(request, "/v1/completions", served, namespace)
 
     app.include_router(api)
+    if settings.console:
+        mount_console(app)
 
     # -- for the cluster's pods: a stored file by signed URL ----------------------------
 

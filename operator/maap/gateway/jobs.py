@@ -17,8 +17,9 @@ from datetime import datetime
 from typing import Any
 
 from maap_api.finetunejob import API_VERSION, KIND, FineTuneJob
+from maap_api.history import JobHistory
 from maap_api.presets import PRESETS
-from maap_api.stage_config import TrainingSpec
+from maap_api.stage_config import MethodSpec, TrainingSpec
 from pydantic import ValidationError
 
 from maap.gateway.errors import APIError
@@ -36,6 +37,7 @@ CANCELLED = "maap.dev/cancelled"
 GATEWAY_LABEL = "maap.dev/gateway"
 JOB_ID_PREFIX = "ftjob-"
 BASE_LEARNING_RATE = TrainingSpec.model_fields["learning_rate"].default
+DEFAULT_METHOD = MethodSpec.model_fields["type"].default
 
 
 def new_job_id() -> str:
@@ -290,10 +292,22 @@ def openai_job(obj: dict[str, Any], now: float | None = None) -> dict[str, Any]:
         # maap's own view, for clients that want more than the OpenAI fields.
         "maap": {
             "phase": status.get("phase"),
+            "method": (spec.get("method") or {}).get("type", DEFAULT_METHOD),
             "progress": progress or None,
             "metrics": metrics or None,
             "endpoint": status.get("endpoint"),
         },
+    }
+
+
+def history_object(job_id: str, history: JobHistory) -> dict[str, Any]:
+    """A job's history as the API answers it: snake_case like the rest, unset figures left
+    out."""
+    return {
+        "object": "fine_tuning.job.history",
+        "fine_tuning_job_id": job_id,
+        "points": [p.model_dump(mode="json", exclude_none=True) for p in history.points],
+        "checkpoints": [c.model_dump(mode="json", exclude_none=True) for c in history.checkpoints],
     }
 
 
