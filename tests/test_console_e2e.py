@@ -4,7 +4,8 @@ running gateway over a real fine-tuning job (SmolLM2 LoRA, a few steps on CPU: s
 It checks what a person would: a wrong key shows the login and none of the data; the
 right key, typed at the focused field, shows the jobs list with the job's phase; the job
 page (reached by keyboard) draws one curve point per logged step, growing while the job
-trains; another tenant's key does not see the job.
+trains; the playground streams an answer from the served fine-tune; another tenant's key
+does not see the job.
 
 MAAP_CONSOLE_SCREENSHOTS=DIR saves a screenshot of each page there (for the README).
 """
@@ -33,11 +34,12 @@ TRAIN = ROOT / "examples" / "pirate-chat" / "train.jsonl"
 HELDOUT = ROOT / "examples" / "pirate-chat" / "heldout.jsonl"
 CHROMIUM = Path("/usr/bin/chromium")
 STEPS = 8
-# Training only (no export, no serving): the curve is what this test is about.
+# Exported (int8, no parity gate: tests/test_gateway_local.py covers it) and served, so
+# the playground has a fine-tuned model to stream from.
 SHORT = {
     "training": {"maxSteps": STEPS, "loggingSteps": 1, "checkpointSteps": 4,
                  "maxSeqLength": 128, "batchSize": 4},
-    "export": {"enabled": False},
+    "export": {"precision": "int8", "parity": {"enabled": False}},
 }  # fmt: skip
 WRONG_KEY = "sk-not-a-key-of-this-gateway-000"
 
@@ -47,6 +49,7 @@ class Gateway:
     url: str  # the gateway's root, e.g. http://127.0.0.1:PORT
     backend: LocalBackend
     job_id: str
+    client: openai.OpenAI
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,7 @@ def browser() -> Iterator[object]:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     state = tmp_path_factory.mktemp("console-e2e")
     files = FileStore(state / "files")
-    backend = LocalBackend(state, files, serve=False)
+    backend = LocalBackend(state, files)
     app = create_app(backend, StaticKeys(KEYS), files, GatewaySettings(b"k" * 32))
     with serving_app(app) as base:
         client = openai.OpenAI(base_url=base, api_key=KEY_A, max_retries=0)
@@ -80,7 +83,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             model="smollm2-135m-instruct", training_file=training.id,
             validation_file=validation.id, suffix="pirate", extra_body={"maap": SHORT},
         )  # fmt: skip
-        yield Gateway(base.removesuffix("/v1"), backend, job.id)
+        yield Gateway(base.removesuffix("/v1"), backend, job.id, client)
 
 
 def shoot(page, name: str) -> None:
@@ -200,5 +203,50 @@ def test_another_tenants_key_does_not_see_the_job(browser, gateway: Gateway) -> 
         page.goto(f"{gateway.url}/console/#/jobs/{gateway.job_id}")
         expect(page.get_by_role("alert")).to_contain_text("no fine-tuning job with id")
         assert page.locator(".chart").count() == 0
+    finally:
+        page.close()
+
+
+def test_the_playground_streams_an_answer_from_the_fine_tuned_model(browser, gateway) -> None:
+    from playwright.sync_api import expect
+
+    job = gateway.client.fine_tuning.jobs.retrieve(gateway.job_id)
+    assert job.status == "succeeded" and job.fine_tuned_model, job
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    try:
+        page.goto(f"{gateway.url}/console/#/playground")
+        sign_in(page, KEY_A)
+        expect(page.get_by_role("heading", name="Playground")).to_be_focused()
+        # The tuned model is offered first; each setting has its label.
+        expect(page.get_by_label("Model")).to_have_value(job.fine_tuned_model)
+        page.get_by_label("Temperature").fill("0")
+        page.get_by_label("Max tokens").fill("48")
+        page.get_by_label("Message").fill("What is the capital of France?")
+        page.get_by_label("Message").focus()
+        page.keyboard.press("Tab")  # to Send, by keyboard
+        expect(page.get_by_role("button", name="Send")).to_be_focused()
+        page.keyboard.press("Enter")
+
+        # Streamed: the answer is seen at several lengths before it is complete.
+        answer = page.locator('li[data-role="assistant"] p')
+        seen: list[int] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            text = answer.inner_text() if answer.count() else ""
+            if text and text != "…" and len(text) not in seen:
+                seen.append(len(text))
+            if page.get_by_role("button", name="Send").is_enabled() and seen:
+                break
+            time.sleep(0.02)
+        final = answer.inner_text()
+        assert len(seen) >= 3, f"the answer did not stream: lengths {seen}"
+        # The same model, asked the same greedily through the API, says the same.
+        direct = gateway.client.chat.completions.create(
+            model=job.fine_tuned_model, temperature=0, max_tokens=48,
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+        )  # fmt: skip
+        assert final.strip() == (direct.choices[0].message.content or "").strip()
+        assert page.get_by_role("alert").count() == 0
+        shoot(page, "playground")
     finally:
         page.close()

@@ -90,6 +90,8 @@ def run_gateway(options: GatewayOptions) -> None:
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="info")
     # After Config: it sets up uvicorn's loggers, replacing filters added before.
     logging.getLogger("uvicorn.access").addFilter(hide_signed_link_queries)
+    shown = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
+    log.info("the web console: http://%s:%d/console/", shown, options.port)
     uvicorn.Server(config).run()
 
 
