@@ -12,7 +12,6 @@ MAAP_CONSOLE_SCREENSHOTS=DIR saves a screenshot of each page there (for the READ
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,14 +24,16 @@ from maap.gateway.files import FileStore
 from maap.gateway.local_backend import LocalBackend
 from maap.gateway.tenancy import StaticKeys
 
+from tests.console_helpers import browser, shoot, sign_in
 from tests.gateway_helpers import KEY_A, KEY_B, KEYS, serving_app
+
+__all__ = ["browser"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "examples" / "pirate-chat" / "train.jsonl"
 HELDOUT = ROOT / "examples" / "pirate-chat" / "heldout.jsonl"
-CHROMIUM = Path("/usr/bin/chromium")
 STEPS = 8
 # Exported (int8, no parity gate: tests/test_gateway_local.py covers it) and served, so
 # the playground has a fine-tuned model to stream from.
@@ -53,22 +54,6 @@ class Gateway:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing: scripts/install-system-packages.sh installs chromium"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # As root there is no user namespace sandbox; the pages are our own.
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield launched
-        launched.close()
-
-
-@pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     state = tmp_path_factory.mktemp("console-e2e")
     files = FileStore(state / "files")
@@ -84,23 +69,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             validation_file=validation.id, suffix="pirate", extra_body={"maap": SHORT},
         )  # fmt: skip
         yield Gateway(base.removesuffix("/v1"), backend, job.id, client)
-
-
-def shoot(page, name: str) -> None:
-    folder = os.environ.get("MAAP_CONSOLE_SCREENSHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
-
-
-def sign_in(page, key: str) -> None:
-    """As a person does: the key field has the focus, type, press Enter."""
-    from playwright.sync_api import expect
-
-    field = page.get_by_label("API key")
-    expect(field).to_be_focused()
-    page.keyboard.type(key)
-    page.keyboard.press("Enter")
 
 
 def test_a_wrong_key_shows_the_login_and_none_of_the_data(browser, gateway: Gateway) -> None:
