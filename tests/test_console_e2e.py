@@ -154,6 +154,20 @@ def test_the_list_and_the_growing_curve_of_a_real_job(browser, gateway: Gateway)
         # The canvas was drawn, at the size of its box.
         assert page.locator(".chart canvas").count() == 1
         expect(page.get_by_text("Eval loss before → after")).to_be_visible()
+
+        # The export's figures and the job's conditions, as its status holds them.
+        status_now = gateway.client.fine_tuning.jobs.retrieve(gateway.job_id).maap
+        exported = status_now["export"]
+        assert exported["precision"] == "int8" and exported["sizeBytes"] > 0, exported
+        size = page.locator(".export dd[data-bytes]")
+        expect(size).to_have_attribute("data-bytes", str(exported["sizeBytes"]))
+        expect(size).to_contain_text("MiB")
+        expect(page.locator(".export")).to_contain_text("int8")
+        expect(page.locator(".export")).to_contain_text("Parity gatenot run")  # off in SHORT
+        for condition in status_now["conditions"]:
+            row = page.locator(f'tr[data-condition="{condition["type"]}"] td')
+            expect(row.nth(1)).to_have_text(condition["status"])
+        expect(page.locator('tr[data-condition="Trained"] td').nth(1)).to_have_text("True")
         shoot(page, "job")
     finally:
         page.close()
@@ -186,7 +200,7 @@ def test_the_playground_streams_an_answer_from_the_fine_tuned_model(browser, gat
         sign_in(page, KEY_A)
         expect(page.get_by_role("heading", name="Playground")).to_be_focused()
         # The tuned model is offered first; each setting has its label.
-        expect(page.get_by_label("Model")).to_have_value(job.fine_tuned_model)
+        expect(page.get_by_label("Model", exact=True)).to_have_value(job.fine_tuned_model)
         page.get_by_label("Temperature").fill("0")
         page.get_by_label("Max tokens").fill("48")
         page.get_by_label("Message").fill("What is the capital of France?")
@@ -216,5 +230,46 @@ def test_the_playground_streams_an_answer_from_the_fine_tuned_model(browser, gat
         assert final.strip() == (direct.choices[0].message.content or "").strip()
         assert page.get_by_role("alert").count() == 0
         shoot(page, "playground")
+    finally:
+        page.close()
+
+
+def test_the_playground_compares_the_fine_tune_with_its_base_model(browser, gateway) -> None:
+    from playwright.sync_api import expect
+
+    job = gateway.client.fine_tuning.jobs.retrieve(gateway.job_id)
+    listed = {m.id: m for m in gateway.client.models.list().data}
+    base = getattr(listed[job.fine_tuned_model], "parent", None)
+    assert base == "smollm2-135m-instruct", listed[job.fine_tuned_model]
+    question = "Name a fruit."
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    try:
+        page.goto(f"{gateway.url}/console/#/playground")
+        sign_in(page, KEY_A)
+        expect(page.get_by_label("Model", exact=True)).to_have_value(job.fine_tuned_model)
+        compare = page.get_by_label("Compare with its base model")
+        expect(compare).to_be_enabled()
+        compare.check()
+        page.get_by_label("Temperature").fill("0")
+        page.get_by_label("Max tokens").fill("24")
+        page.get_by_label("Message").fill(question)
+        page.get_by_role("button", name="Send").click()
+        expect(page.get_by_role("button", name="Send")).to_be_enabled(timeout=120_000)
+
+        # Each column answered with its own model: the API's greedy answer of that model.
+        columns = page.locator("section.column")
+        expect(columns).to_have_count(2)
+        for name in (job.fine_tuned_model, base):
+            column = page.locator(f'section.column[data-model="{name}"]')
+            answer = column.locator('li[data-role="assistant"] p')
+            direct = gateway.client.chat.completions.create(
+                model=name, temperature=0, max_tokens=24,
+                messages=[{"role": "user", "content": question}],
+            )  # fmt: skip
+            expected = (direct.choices[0].message.content or "").strip()
+            assert expected, f"{name} answered nothing"
+            assert answer.inner_text().strip() == expected, name
+        assert page.get_by_role("alert").count() == 0
+        shoot(page, "playground-compare")
     finally:
         page.close()

@@ -115,6 +115,33 @@ def test_the_job_object_names_its_method(gateway) -> None:
     assert {j["id"]: j["maap"]["method"] for j in listed}[job["id"]] == "dora"
 
 
+def test_the_job_object_carries_the_export_conditions_and_artifacts() -> None:
+    """What the job page shows beside the curve, straight from the FineTuneJob's status."""
+    from maap.gateway import jobs
+
+    obj = {
+        "metadata": {"name": "ftjob-0123456789ab", "namespace": "team-a",
+                     "creationTimestamp": "2026-12-01T10:00:00Z"},
+        "spec": {"model": {"preset": "smollm2-135m-instruct"}, "dataset": {"path": "/d.jsonl"},
+                 "method": {"type": "qlora"}},
+        "status": {
+            "phase": "Exporting",
+            "conditions": [{"type": "Trained", "status": "True", "reason": "Completed"}],
+            "export": {"precision": "int4", "executionProvider": "cpu", "sizeBytes": 90_000_000,
+                       "seconds": 6.5, "parity": {"passed": True, "tokenAgreement": 0.97}},
+            "artifacts": {"location": "pvc://maap-out/ftjob-0123456789ab",
+                          "onnxModel": "/out/onnx"},
+        },
+    }  # fmt: skip
+    view = jobs.openai_job(obj)["maap"]
+    assert view["method"] == "qlora" and view["phase"] == "Exporting"
+    assert view["export"] == obj["status"]["export"]
+    assert view["conditions"] == obj["status"]["conditions"]
+    assert view["artifacts"]["location"] == "pvc://maap-out/ftjob-0123456789ab"
+    bare = jobs.openai_job({**obj, "status": {}})["maap"]
+    assert (bare["export"], bare["artifacts"], bare["conditions"]) == (None, None, [])
+
+
 def test_the_page_and_its_assets_come_from_the_gateway_only(gateway) -> None:
     base, _ = gateway
     redirect = httpx.get(f"{base}/console")

@@ -15,3 +15,15 @@ export function when(unixSeconds: number | null | undefined): string {
 export function num(value: number | null | undefined, digits = 4): string {
   return value === null || value === undefined ? "–" : Number(value.toFixed(digits)).toString();
 }
+
+export function bytes(n: number | null | undefined): string {
+  if (n === null || n === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = n;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
+}

@@ -1,12 +1,13 @@
 // One job: its figures, its loss curves as they grow, and its events.
+import { Fragment } from "preact";
 import { useState } from "preact/hooks";
 import { ApiError, getJSON } from "./api";
 import { LossChart } from "./chart";
-import { num, when } from "./format";
+import { bytes, num, when } from "./format";
 import { progressText, StatusBadge } from "./jobs";
 import type { OnError } from "./main";
 import { useFocusHeading, usePoll } from "./poll";
-import { type History, type Job, type JobEvent, type List, TERMINAL } from "./types";
+import { type ExportSummary, type History, type Job, type JobEvent, type List, TERMINAL } from "./types";
 
 export function JobPage({ jobId, onError }: { jobId: string; onError: OnError }) {
   const [job, setJob] = useState<Job | null>(null);
@@ -84,6 +85,49 @@ export function JobPage({ jobId, onError }: { jobId: string; onError: OnError })
         </dl>
       )}
       {history && <LossChart points={history.points} />}
+      {job?.maap.export && <ExportFacts summary={job.maap.export} />}
+      {job && job.maap.conditions.length > 0 && (
+        <>
+          <h2 id="conditions-heading">Conditions</h2>
+          <table class="conditions" aria-labelledby="conditions-heading">
+            <thead>
+              <tr>
+                <th scope="col">Type</th>
+                <th scope="col">Status</th>
+                <th scope="col">Reason</th>
+                <th scope="col">Message</th>
+                <th scope="col">Since</th>
+              </tr>
+            </thead>
+            <tbody>
+              {job.maap.conditions.map((c) => (
+                <tr key={c.type} data-condition={c.type}>
+                  <td>{c.type}</td>
+                  <td>{c.status}</td>
+                  <td>{c.reason ?? ""}</td>
+                  <td>{c.message ?? ""}</td>
+                  <td>{c.lastTransitionTime ? new Date(c.lastTransitionTime).toLocaleString() : ""}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </>
+      )}
+      {job?.maap.artifacts && (
+        <>
+          <h2>Artifacts</h2>
+          <dl class="facts artifacts">
+            {Object.entries(job.maap.artifacts).map(([name, where]) => (
+              <Fragment key={name}>
+                <dt>{name}</dt>
+                <dd>
+                  <code>{String(where)}</code>
+                </dd>
+              </Fragment>
+            ))}
+          </dl>
+        </>
+      )}
       {history && history.checkpoints.length > 0 && (
         <>
           <h2>Checkpoints</h2>
@@ -110,5 +154,39 @@ export function JobPage({ jobId, onError }: { jobId: string; onError: OnError })
         </>
       )}
     </section>
+  );
+}
+
+function parityText(summary: ExportSummary): string {
+  const parity = summary.parity;
+  if (!parity) return "not run";
+  if (parity.skipped) return `skipped: ${parity.skipped}`;
+  const verdict = parity.passed ? "passed" : parity.passed === false ? "failed" : "not run";
+  const figures = [];
+  if (parity.exactMatches !== null && parity.exactMatches !== undefined && parity.prompts)
+    figures.push(`${parity.exactMatches}/${parity.prompts} identical answers`);
+  if (parity.tokenAgreement !== null && parity.tokenAgreement !== undefined)
+    figures.push(`${Math.round(parity.tokenAgreement * 100)}% token agreement`);
+  return figures.length ? `${verdict} (${figures.join(", ")})` : verdict;
+}
+
+function ExportFacts({ summary }: { summary: ExportSummary }) {
+  return (
+    <>
+      <h2>Export</h2>
+      <dl class="facts export">
+        <dt>Precision</dt>
+        <dd>
+          {summary.precision}
+          {summary.quantization ? ` (${summary.quantization})` : ""} on {summary.executionProvider}
+        </dd>
+        <dt>Size</dt>
+        <dd data-bytes={summary.sizeBytes}>{bytes(summary.sizeBytes)}</dd>
+        <dt>Build time</dt>
+        <dd>{num(summary.seconds, 1)} s</dd>
+        <dt>Parity gate</dt>
+        <dd>{parityText(summary)}</dd>
+      </dl>
+    </>
   );
 }

@@ -26,8 +26,35 @@ export interface Job {
     method: string;
     progress: Progress | null;
     metrics: Record<string, number | null> | null;
+    export: ExportSummary | null;
+    artifacts: Record<string, string | number | null> | null;
+    conditions: Condition[];
     endpoint: string | null;
   };
+}
+
+export interface Condition {
+  type: string;
+  status: string;
+  reason?: string;
+  message?: string;
+  lastTransitionTime?: string;
+}
+
+export interface ExportSummary {
+  precision: string;
+  executionProvider: string;
+  quantization?: string | null;
+  sizeBytes: number;
+  seconds: number;
+  parity?: {
+    passed?: boolean | null;
+    skipped?: string | null;
+    failure?: string | null;
+    exactMatches?: number | null;
+    prompts?: number | null;
+    tokenAgreement?: number | null;
+  } | null;
 }
 
 export interface List<T> {

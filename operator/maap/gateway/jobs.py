@@ -295,6 +295,9 @@ def openai_job(obj: dict[str, Any], now: float | None = None) -> dict[str, Any]:
             "method": (spec.get("method") or {}).get("type", DEFAULT_METHOD),
             "progress": progress or None,
             "metrics": metrics or None,
+            "export": status.get("export"),
+            "artifacts": status.get("artifacts"),
+            "conditions": status.get("conditions") or [],
             "endpoint": status.get("endpoint"),
         },
     }
