@@ -160,6 +160,10 @@ def test_openai_penalties_map_onto_the_engines_repetition_penalty() -> None:
     assert math.isclose(both, math.exp(0.5))
     assert chat(frequency_penalty=-2).engine_repetition_penalty < 1, "negative: repeat more"
     assert chat(presence_penalty=2, repetition_penalty=1.1).engine_repetition_penalty == 1.1
+    opts = sampling_options(chat(repetition_penalty=1.3, logprobs=True, top_logprobs=2), None,
+                            10, 100, 50, "messages")  # fmt: skip
+    assert opts.repetition_penalty == 1.3 and opts.logprobs == 2
+    assert sampling_options(chat(), None, 10, 100, 50, "messages").logprobs is None
 
 
 def test_tool_grammar_and_calls_round_trip() -> None:

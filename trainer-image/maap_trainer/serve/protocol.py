@@ -133,6 +133,11 @@ class SamplingRequest(BaseModel):
         return self
 
     @property
+    def requested_logprobs(self) -> int | None:
+        """Alternatives per token to return (0: the chosen token's only); None: none."""
+        return None
+
+    @property
     def engine_repetition_penalty(self) -> float | None:
         """The one repetition control ONNX Runtime GenAI has: a multiplicative (CTRL)
         penalty on every token already in the sequence. OpenAI's additive penalties map

@@ -57,6 +57,8 @@ def sampling_options(
         top_k=body.top_k,
         seed=body.seed,
         stop=body.stop_sequences,
+        repetition_penalty=body.engine_repetition_penalty,
+        logprobs=body.requested_logprobs,
     )
 
 

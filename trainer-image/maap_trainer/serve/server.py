@@ -202,12 +202,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             settings.max_tokens_limit, "messages", runtime.model_context_length,
         )  # fmt: skip
         guidance = tool_guidance(use) if use else response_guidance(body.response_format)
-        options = replace(
-            options,
-            guidance=guidance,
-            repetition_penalty=body.engine_repetition_penalty,
-            logprobs=body.requested_logprobs,
-        )
+        options = replace(options, guidance=guidance)
         gens = await submit_choices(scheduler, ids, options, adapter, state, body.n)
         reply = Reply("chat.completion", body.model or settings.model_name, use, body.logprobs)
         if body.stream:
@@ -227,9 +222,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
             runtime.context_length, settings.max_tokens_limit, "prompt",
             runtime.model_context_length,
         )  # fmt: skip
-        options = replace(
-            options, repetition_penalty=body.engine_repetition_penalty, logprobs=body.logprobs
-        )
         gens = await submit_choices(scheduler, ids, options, adapter, state, body.n)
         reply = Reply(
             "text_completion", body.model or settings.model_name, logprobs=body.logprobs is not None
