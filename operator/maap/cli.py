@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from maap_api.errors import UserError
@@ -13,9 +14,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from maap.crd import render_crd
+from maap.local.serving import DEFAULT_CONSOLE_PORT
 from maap.manifest import ManifestError, load_manifest
 from maap.podspec import ModelCacheSettings, OperatorSettings
 from maap.settings import OperatorConfig
+
+if TYPE_CHECKING:
+    from maap.local.run_console import RunConsole
+    from maap.local.runner import LocalRunner
 
 app = typer.Typer(
     help="maap: fine-tune open models on your own machines and serve them with ONNX Runtime.",
@@ -52,10 +58,21 @@ def run(
     port: Annotated[
         int | None, typer.Option(help="Server port (default: spec.serving.port).")
     ] = None,
+    web_console: Annotated[
+        bool,
+        typer.Option(
+            "--console/--no-console",
+            help="Serve the web console (loss curve, playground) while the job runs.",
+        ),
+    ] = True,
+    console_port: Annotated[
+        int, typer.Option(help="The console's port (any free one if it is taken).")
+    ] = DEFAULT_CONSOLE_PORT,
 ) -> None:
     """Train, export and serve a FineTuneJob on this machine."""
     from maap_trainer.ports import ensure_port_free
 
+    from maap.local.run_job import RunJob
     from maap.local.runner import LocalRunner, StageFailed, resolve_trainer_config
 
     try:
@@ -78,9 +95,19 @@ def run(
             f"artifacts in {cfg.output_dir}"
         )
     )
+    # `kill` stops a run as Ctrl-C does: the stage or the model server child stops with it.
+    signal.signal(signal.SIGTERM, _interrupt)
+    runner.job = RunJob(job, runner.output_dir)
+    if serving and console_port == port:  # the model server's port stays the server's
+        console_port = 0
+    shown = start_run_console(runner, host, console_port) if web_console else None
     try:
         runner.run_pipeline()
+        if not serving:
+            runner.job.succeeded()
         runner.print_summary()
+        if shown is not None and serving:
+            console.print(f"   console: {shown.url}", soft_wrap=True, highlight=False)
         if serving:
             raise typer.Exit(runner.serve(host, port))
     except StageFailed as exc:
@@ -88,6 +115,25 @@ def run(
     except KeyboardInterrupt:
         errors.print("interrupted")
         raise typer.Exit(130) from None
+    finally:
+        if shown is not None:
+            shown.stop()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def start_run_console(runner: LocalRunner, host: str, port: int) -> RunConsole:
+    """The run's web console, up before training so the curve can be watched growing."""
+    from maap.local.run_console import RunConsole
+
+    assert runner.job is not None
+    shown = RunConsole(runner.job, runner.serving_token())
+    url = shown.start(host, port)
+    key = " (API key: the serving token)" if runner.cfg.serving.auth_token_env else ""
+    console.print(f"Console: {url}{key}", soft_wrap=True, highlight=False)
+    return shown
 
 
 @app.command()

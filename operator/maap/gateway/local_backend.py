@@ -31,6 +31,7 @@ from maap.gateway import jobs
 from maap.gateway.backend import JobEvent, ServedModel
 from maap.gateway.files import FileStore
 from maap.gateway.local_serving import ServingError, ServingPool
+from maap.gateway.local_status import STAGE_STATUS, complete, fail, set_condition, set_phase
 from maap.gateway.local_store import LocalJobStore
 from maap.local.runner import resolve_trainer_config, write_trainer_config
 from maap.local.serving import CONFIG_FILE
@@ -48,15 +49,6 @@ class Stage:
     phase: str
     condition: str
     command: list[str]
-
-
-# The phase and the condition each stage reports, as the operator's pipeline names them.
-STAGE_STATUS = {
-    "fetch": ("Fetching", "Fetched"),
-    "train": ("Training", "Trained"),
-    "export": ("Exporting", "Exported"),
-    "publish": ("Publishing", "Published"),
-}
 
 
 class Stopped(Exception):
@@ -267,37 +259,19 @@ class LocalBackend:
 
     def _condition(self, namespace: str, job_id: str, kind: str, status: str, reason: str,
                    message: str) -> None:  # fmt: skip
-        def change(obj: dict[str, Any]) -> None:
-            conditions = [c for c in obj["status"].get("conditions", []) if c["type"] != kind]
-            conditions.append({
-                "type": kind, "status": status, "reason": reason, "message": message,
-                "lastTransitionTime": now(),
-                "observedGeneration": obj["metadata"].get("generation"),
-            })  # fmt: skip
-            obj["status"]["conditions"] = conditions
-
-        self.store.update(namespace, job_id, change)
+        self.store.update(namespace, job_id,
+                          lambda o: set_condition(o, kind, status, reason, message))  # fmt: skip
 
     def _set_phase(self, namespace: str, job_id: str, phase: str, condition: str, reason: str,
                    status: str = "False") -> None:  # fmt: skip
-        def change(obj: dict[str, Any]) -> None:
-            obj["status"]["phase"] = phase
-            obj["status"].setdefault("startTime", now())
-
-        self.store.update(namespace, job_id, change)
-        self._condition(namespace, job_id, condition, status, reason, phase)
+        self.store.update(namespace, job_id,
+                          lambda o: set_phase(o, phase, condition, reason, status))  # fmt: skip
 
     def _complete(self, namespace: str, job_id: str) -> None:
-        def change(obj: dict[str, Any]) -> None:
-            obj["status"].setdefault("completionTime", now())
-            obj["status"].pop("progress", None)
-
-        self.store.update(namespace, job_id, change)
+        self.store.update(namespace, job_id, complete)
 
     def _fail(self, namespace: str, job_id: str, reason: str, message: str) -> None:
-        self._set_phase(namespace, job_id, "Failed", "Failed", reason, "True")
-        self._condition(namespace, job_id, "Failed", "True", reason, message)
-        self._complete(namespace, job_id)
+        self.store.update(namespace, job_id, lambda o: fail(o, reason, message))
         self.store.add_event(namespace, job_id, "error", f"Fine-tuning job failed: {message}")
 
     def _stopped(self, namespace: str, job_id: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from maap.gateway.backend import JobEvent
+from maap.gateway.local_status import new_status
 from maap.pipeline import now
 
 JOB_FILE = "gateway-job.json"
@@ -35,7 +36,7 @@ class LocalJobStore:
         obj = json.loads(json.dumps(manifest))
         obj["metadata"]["creationTimestamp"] = now()
         obj["metadata"]["generation"] = 1
-        obj["status"] = {"phase": "Pending", "conditions": []}
+        obj["status"] = new_status()
         with self.lock:
             self.folder(meta["namespace"], meta["name"]).mkdir(parents=True, exist_ok=False)
             self._write(obj)

@@ -52,7 +52,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from maap.local.serving import CONFIG_FILE, LocalServer, local_server
+from maap.local.run_job import RunJob
+from maap.local.serving import CONFIG_FILE, LocalServer, connect_host, local_server
 from maap.local.summary import summary_rows
 from maap.stages import pipeline_commands
 
@@ -113,6 +114,8 @@ class LocalRunner:
         self.console = console
         self.output_dir = Path(cfg.output_dir)
         self.report = RunReport(self.output_dir)
+        # The run as the console reads it (maap.local.run_console), when one is shown.
+        self.job: RunJob | None = None
 
     # -- stages -------------------------------------------------------------------------
 
@@ -140,16 +143,33 @@ class LocalRunner:
             "publish": f"Publishing to {self.cfg.output.path}",
         }
         for stage, command in pipeline_commands(self.cfg, config, python=sys.executable):
-            self._stage(stage, titles[stage], command)
-            if stage == "fetch":
-                self.report.fetch = self._result(FETCH_FILE, FetchResult)
-            elif stage == "train":
-                self.report.metrics = self._result(METRICS_FILE, TrainMetrics)
-            elif stage == "export":
-                self.report.export = self._result(EXPORT_FILE, ExportResult)
-            else:
-                self.report.publish = self._result(PUBLISH_FILE, PublishResult)
+            if self.job is not None:
+                self.job.stage_started(stage)
+            try:
+                self._stage(stage, titles[stage], command)
+                summary_key, summary = self._read_results(stage)
+            except StageFailed as exc:
+                if self.job is not None:
+                    self.job.failed(f"{stage.capitalize()}Failed", str(exc))
+                raise
+            if self.job is not None:
+                self.job.stage_finished(stage, summary_key, summary)
         return self.report
+
+    def _read_results(self, stage: str) -> tuple[str | None, Any]:
+        """Read the stage's result file into the report; returns the summary the job's
+        status carries for it (status.metrics, status.export), if any."""
+        if stage == "fetch":
+            self.report.fetch = self._result(FETCH_FILE, FetchResult)
+        elif stage == "train":
+            self.report.metrics = self._result(METRICS_FILE, TrainMetrics)
+            return "metrics", self.report.metrics.summary()
+        elif stage == "export":
+            self.report.export = self._result(EXPORT_FILE, ExportResult)
+            return "export", self.report.export.summary()
+        else:
+            self.report.publish = self._result(PUBLISH_FILE, PublishResult)
+        return None, None
 
     def _result(self, name: str, model: type[Model]) -> Model:
         try:
@@ -227,6 +247,14 @@ class LocalRunner:
             create_token=True,
         )  # fmt: skip
 
+    def serving_token(self) -> str | None:
+        """The bearer token the job's server will require (created now if it asks for one
+        and has none yet), so the console can ask for the same key from the start."""
+        token_env = self.cfg.serving.auth_token_env
+        if not token_env:
+            return None
+        return self.server("127.0.0.1", self.cfg.serving.port).env.get(token_env)
+
     def serve(self, host: str, port: int) -> int:
         """Start the server, wait until it answers, print how to call it, run until Ctrl-C."""
         server = self.server(host, port)
@@ -237,6 +265,8 @@ class LocalRunner:
         with log_path.open("w", encoding="utf-8") as log:
             child = subprocess.Popen(server.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
             base = f"http://{host}:{port}"
+            if self.job is not None:
+                self.job.serving_starting()
             try:
                 with self.console.status(f"Loading the model into ONNX Runtime at {base}"):
                     while not _ready(f"{base}/readyz"):
@@ -244,8 +274,15 @@ class LocalRunner:
                             reason = (
                                 termination.read_text().strip() if termination.is_file() else ""
                             )
-                            raise StageFailed(reason or f"the server exited; see {log_path}")
+                            message = reason or f"the server exited; see {log_path}"
+                            if self.job is not None:
+                                self.job.failed("ServingFailed", message)
+                            raise StageFailed(message)
                         time.sleep(0.3)
+                if self.job is not None:
+                    token_env = self.cfg.serving.auth_token_env
+                    token = server.env.get(token_env) if token_env else None
+                    self.job.serving_ready(f"http://{connect_host(host)}:{port}", token)
                 self._print_serving(base, server.token_hint)
                 return child.wait()
             except KeyboardInterrupt:

@@ -22,6 +22,8 @@ from maap.stages import serve_command
 
 CONFIG_FILE = "config.json"
 SERVING_TOKEN_FILE = "serving-token"
+# `maap run`'s web console (maap.local.run_console): the port `maap gateway` defaults to.
+DEFAULT_CONSOLE_PORT = 8080
 
 
 @dataclass
@@ -31,6 +33,11 @@ class LocalServer:
     model_name: str
     # How a client gets the token, for the printed curl line (None: no auth).
     token_hint: str | None = None
+
+
+def connect_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to `host`."""
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
 def job_config_beside(model_dir: Path) -> Path | None:
