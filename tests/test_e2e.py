@@ -1,19 +1,23 @@
-"""End to end on CPU: `maap run --no-serve` on the bundled example, then serve the result.
+"""End to end on CPU: `maap run` on the bundled example, as the README runs it: training,
+export and serving, with its web console watched from the first step to the served model.
 
 Real model (SmolLM2-135M-Instruct), real LoRA training, real ONNX export, a real server
 called over HTTP. The budget is cut (MAAP_TEST_STEPS optimizer steps) to keep it to
-minutes; the persona must still show in answers to held-out questions.
+minutes; the persona must still show in answers to held-out questions. While it trains,
+the test reads the console's API as the page does (the job's phase and its loss history);
+once it serves, it opens the console in Chromium: the list, the curve, the playground.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -21,41 +25,116 @@ import pytest
 import yaml
 
 from tests.conftest import EXAMPLE_MANIFEST, PIRATE_DATA, free_port
-from tests.serving import in_persona, serving
+from tests.console_helpers import browser
+from tests.serving import in_persona
+
+__all__ = ["browser"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.slow
 
 STEPS = int(os.environ.get("MAAP_TEST_STEPS", "24"))
+LOGGING_STEPS = 2
+MODEL = yaml.safe_load(EXAMPLE_MANIFEST.read_text())["metadata"]["name"]
+RUN_TIMEOUT = 1800
 
 
 @dataclass
-class TrainedRun:
+class Sample:
+    """What the console's API said at one moment of the run."""
+
+    status: str
+    phase: str | None
+    points: int  # logged training steps in the job's history
+
+
+@dataclass
+class Run:
+    process: subprocess.Popen[bytes]
     output_dir: Path
-    stdout: str
+    log: Path
+    server: str  # the run's model server, e.g. http://127.0.0.1:PORT
+    console: str  # the console's root, e.g. http://127.0.0.1:PORT
+    model: str  # the job name: the model name the run's own server answers to
     seconds: float
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def stdout(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _sample(console: str, job_id: str) -> Sample | None:
+    try:
+        job = httpx.get(f"{console}/v1/fine_tuning/jobs/{job_id}", timeout=5).json()
+        history = httpx.get(f"{console}/v1/fine_tuning/jobs/{job_id}/history", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    points = sum(1 for p in history["points"] if p.get("train_loss") is not None)
+    return Sample(job["status"], job["maap"]["phase"], points)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     work = tmp_path_factory.mktemp("e2e")
     doc = yaml.safe_load(EXAMPLE_MANIFEST.read_text())
     doc["spec"]["dataset"]["path"] = str(PIRATE_DATA / "train.jsonl")
     doc["spec"]["training"]["maxSteps"] = STEPS
+    doc["spec"]["training"]["loggingSteps"] = LOGGING_STEPS
     manifest = work / "job.yaml"
     manifest.write_text(yaml.safe_dump(doc))
+    name = doc["metadata"]["name"]
+    port, console_port = free_port(), free_port()
+    log = work / "maap-run.log"
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "maap.cli", "run", str(manifest), "--no-serve",
-         "-o", str(work / "out")],
-        capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    return TrainedRun(
-        work / "out" / doc["metadata"]["name"], done.stdout, time.monotonic() - started
-    )
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "maap.cli", "run", str(manifest), "-o", str(work / "out"),
+             "--port", str(port), "--console-port", str(console_port)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    run = Run(process, work / "out" / name, log, f"http://127.0.0.1:{port}",
+              f"http://127.0.0.1:{console_port}", name, 0.0)  # fmt: skip
+    try:
+        # Watch the run through its console, as the page does, until its server answers.
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not _ready(f"{run.server}/readyz"):
+            assert process.poll() is None, run.stdout[-3000:]
+            assert time.monotonic() < deadline, "maap run did not serve in time"
+            if (sample := _sample(run.console, name)) is not None:
+                run.samples.append(sample)
+            time.sleep(0.5)
+        run.seconds = time.monotonic() - started
+        yield run
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # as kill does: the server stops with it
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    assert process.returncode == 0, run.stdout[-3000:]
+    assert not _ready(f"{run.server}/readyz"), "the model server outlived maap run"
 
 
-def test_eval_loss_falls(trained: TrainedRun) -> None:
+@pytest.fixture(scope="module")
+def trained(run: Run) -> Run:
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(run: Run) -> str:
+    return run.server
+
+
+def test_eval_loss_falls(trained: Run) -> None:
     metrics = json.loads((trained.output_dir / "metrics.json").read_text())
     assert metrics["steps"] == STEPS
     assert metrics["evalRows"] == 32 and metrics["trainRows"] == 288
@@ -63,7 +142,7 @@ def test_eval_loss_falls(trained: TrainedRun) -> None:
     assert 0 < metrics["trainableParameters"] < 0.05 * metrics["totalParameters"]
 
 
-def test_artifacts_and_summary(trained: TrainedRun) -> None:
+def test_artifacts_and_summary(trained: Run) -> None:
     out = trained.output_dir
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert (out / "merged" / "config.json").is_file()
@@ -79,18 +158,6 @@ def test_artifacts_and_summary(trained: TrainedRun) -> None:
     assert f"onnx: {onnx} (" in trained.stdout, "artifact paths are printed whole"
 
 
-@pytest.fixture(scope="module")
-def server(trained: TrainedRun) -> Iterator[str]:
-    port = free_port()
-    command = [
-        sys.executable, "-m", "maap.cli", "serve", str(trained.output_dir / "onnx"),
-        "--port", str(port), "--model-name", "pirate",
-    ]  # fmt: skip
-    with serving(command, port, trained.output_dir / "test-serve.log") as running:
-        yield running.base
-    assert running.process.returncode == 0, running.log_text()[-3000:]  # a clean SIGTERM exit
-
-
 def heldout_questions() -> list[str]:
     rows = [json.loads(line) for line in (PIRATE_DATA / "heldout.jsonl").read_text().splitlines()]
     return [row["messages"][0]["content"] for row in rows]
@@ -99,7 +166,7 @@ def heldout_questions() -> list[str]:
 def chat(base: str, question: str, **extra) -> dict:
     response = httpx.post(
         f"{base}/v1/chat/completions",
-        json={"model": "pirate", "messages": [{"role": "user", "content": question}],
+        json={"model": MODEL, "messages": [{"role": "user", "content": question}],
               "max_tokens": 48, "temperature": 0, **extra},
         timeout=120,
     )  # fmt: skip
@@ -115,7 +182,7 @@ def test_served_model_answers_held_out_prompts_in_persona(server: str) -> None:
 
 def test_non_streaming_response_shape(server: str) -> None:
     body = chat(server, "What is the capital of Italy?")
-    assert body["object"] == "chat.completion" and body["model"] == "pirate"
+    assert body["object"] == "chat.completion" and body["model"] == MODEL
     choice = body["choices"][0]
     assert choice["message"]["role"] == "assistant" and choice["message"]["content"]
     assert choice["finish_reason"] in ("stop", "length")
@@ -151,9 +218,9 @@ def test_streaming_matches_non_streaming(server: str) -> None:
 def test_openai_client_streams(server: str) -> None:
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
-    assert [m.id for m in client.models.list().data] == ["pirate"]
+    assert [m.id for m in client.models.list().data] == [MODEL]
     stream = client.chat.completions.create(
-        model="pirate", messages=[{"role": "user", "content": "What is a volcano?"}],
+        model=MODEL, messages=[{"role": "user", "content": "What is a volcano?"}],
         max_tokens=32, temperature=0, stream=True,
     )  # fmt: skip
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
@@ -197,3 +264,70 @@ def test_base_model_does_not_have_the_persona(base_model_dir: Path) -> None:
             output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True
         )
         assert not in_persona(answer), (question, answer)
+
+
+# -- the console of the run -------------------------------------------------------------------
+
+
+PIPELINE = ["Pending", "Fetching", "Training", "Exporting", "Serving"]
+
+
+def test_the_console_watched_the_run_train_with_a_growing_curve(run: Run) -> None:
+    stdout = run.stdout
+    assert f"Console: {run.console}/console/" in stdout, "printed before training"
+    assert f"console: {run.console}/console/" in stdout, "and in the summary, once served"
+    phases = [s.phase for s in run.samples]
+    seen = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
+    assert seen == [p for p in PIPELINE if p in seen], f"phases out of order: {seen}"
+    assert "Training" in seen, seen
+    training = [s for s in run.samples if s.phase == "Training"]
+    assert {s.status for s in training} == {"running"}
+    grown = sorted({s.points for s in training if s.points})
+    assert len(grown) >= 2, f"the curve did not grow while training: {grown}"
+    counts = [s.points for s in run.samples]
+    assert counts == sorted(counts), "the history never shrinks"
+
+    job = httpx.get(f"{run.console}/v1/fine_tuning/jobs/{run.model}", timeout=10).json()
+    assert job["status"] == "succeeded" and job["maap"]["phase"] == "Serving"
+    assert job["maap"]["metrics"]["steps"] == STEPS
+    assert job["maap"]["export"]["precision"] == "int4"
+    history = httpx.get(f"{run.console}/v1/fine_tuning/jobs/{run.model}/history", timeout=10)
+    logged = [p["step"] for p in history.json()["points"] if p.get("train_loss") is not None]
+    assert logged == list(range(LOGGING_STEPS, STEPS + 1, LOGGING_STEPS))
+
+
+def test_the_console_page_shows_the_run_and_its_playground_chats_with_it(browser, run: Run) -> None:
+    from playwright.sync_api import expect
+
+    job = httpx.get(f"{run.console}/v1/fine_tuning/jobs/{run.model}", timeout=10).json()
+    points = httpx.get(f"{run.console}/v1/fine_tuning/jobs/{run.model}/history", timeout=10)
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    try:
+        # The run's server asks no token, so neither does its console.
+        page.goto(f"{run.console}/console/")
+        expect(page.get_by_role("heading", name="Fine-tuning jobs")).to_be_focused()
+        status = page.locator(f'tr[data-job="{run.model}"] [data-status]')
+        expect(status).to_have_attribute("data-phase", "Serving")
+        expect(status).to_have_text("succeeded · Serving")
+
+        page.locator(f'tr[data-job="{run.model}"]').get_by_role("link", name=run.model).click()
+        expect(page.get_by_role("heading", name=run.model)).to_be_focused()
+        chart = page.get_by_role("img", name="Training and eval loss curve")
+        steps = ",".join(str(p["step"]) for p in points.json()["points"])
+        expect(chart).to_have_attribute("data-steps", steps)
+        expect(page.locator(".export")).to_contain_text("int4")
+
+        question = "What is the capital of France?"
+        page.goto(f"{run.console}/console/#/playground")
+        expect(page.get_by_label("Model", exact=True)).to_have_value(job["fine_tuned_model"])
+        page.get_by_label("Temperature").fill("0")
+        page.get_by_label("Max tokens").fill("32")
+        page.get_by_label("Message").fill(question)
+        page.get_by_role("button", name="Send").click()
+        expect(page.get_by_role("button", name="Send")).to_be_enabled(timeout=120_000)
+        answer = page.locator('li[data-role="assistant"] p').inner_text().strip()
+        direct = chat(run.server, question, max_tokens=32)["choices"][0]["message"]["content"]
+        assert answer == direct.strip() and in_persona(answer), (answer, direct)
+        assert page.get_by_role("alert").count() == 0
+    finally:
+        page.close()
