@@ -1,6 +1,7 @@
 """The console in headless Chromium over queued jobs (no training: seconds), so the sign-in,
 tenancy and navigation are checked by `make test-fast` too; the real job's curve and the
-playground are tests/test_console_e2e.py (slow).
+playground are in tests/test_e2e.py (`maap run`'s console) and tests/test_gateway_local.py
+(side by side with the base model), both slow.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from maap.gateway.files import FileStore
 from maap.gateway.local_backend import LocalBackend
 from maap.gateway.tenancy import KeyRing, OpenAccess, StaticKeys
 
-from tests.console_helpers import browser, sign_in
+from tests.console_helpers import browser, shoot, sign_in
 from tests.gateway_helpers import KEY_A, KEY_B, KEYS, serving_app
 
 __all__ = ["browser"]  # the fixture, imported for pytest
@@ -58,6 +59,13 @@ def test_sign_in_list_job_page_and_sign_out(browser, keyed: tuple[str, str]) -> 
         sign_in(page, "sk-wrong-0123456789abcdef")
         expect(page.get_by_role("alert")).to_contain_text("refused")
         assert job_id not in page.content()
+        assert page.evaluate("sessionStorage.getItem('maap.apiKey')") is None
+        shoot(page, "login")
+        # A stale key kept from before (revoked since) is dropped the same way.
+        page.evaluate("sessionStorage.setItem('maap.apiKey', 'sk-revoked-0123456789abcdef')")
+        page.reload()
+        expect(page.get_by_role("alert")).to_contain_text("refused")
+        assert job_id not in page.content() and page.get_by_role("table").count() == 0
 
         sign_in(page, KEY_A)
         row = page.locator(f'tr[data-job="{job_id}"]')

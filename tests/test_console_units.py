@@ -2,7 +2,7 @@
 tenancy, 404, the points a job logged), the job object's method, the page and its assets
 served from the package with a strict CSP, and the committed build matching console/.
 
-The browser tests over a real job are tests/test_console_e2e.py.
+The browser tests over real jobs are in tests/test_e2e.py and tests/test_gateway_local.py.
 """
 
 from __future__ import annotations

@@ -19,13 +19,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 
 from tests.conftest import EXAMPLE_MANIFEST, PIRATE_DATA, free_port
-from tests.console_helpers import browser
+from tests.console_helpers import browser, shoot
 from tests.serving import in_persona
 
 __all__ = ["browser"]  # the fixture, imported for pytest
@@ -47,6 +48,26 @@ class Sample:
     points: int  # logged training steps in the job's history
 
 
+class PageWatch:
+    """The job's console page in Chromium, opened once the job trains: the curve's sizes
+    seen while the page said it was running."""
+
+    def __init__(self, browser: Any, url: str) -> None:
+        self.page = browser.new_page(viewport={"width": 1200, "height": 900})
+        self.page.goto(url)
+        self.sizes: list[int] = []
+
+    def look(self) -> None:
+        chart = self.page.locator(".chart [data-steps]")
+        status = self.page.locator(".facts [data-status]")
+        if not chart.count() or not status.count():
+            return
+        steps = chart.get_attribute("data-steps") or ""
+        size = len(steps.split(",")) if steps else 0
+        if status.get_attribute("data-status") == "running" and size not in (0, *self.sizes):
+            self.sizes.append(size)
+
+
 @dataclass
 class Run:
     process: subprocess.Popen[bytes]
@@ -57,6 +78,8 @@ class Run:
     model: str  # the job name: the model name the run's own server answers to
     seconds: float
     samples: list[Sample] = field(default_factory=list)
+    # The curve's sizes the page showed while training (None: no Chromium here).
+    page_sizes: list[int] | None = None
 
     @property
     def stdout(self) -> str:
@@ -81,7 +104,11 @@ def _sample(console: str, job_id: str) -> Sample | None:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+def run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Run]:
+    try:
+        chromium = request.getfixturevalue("browser")
+    except pytest.skip.Exception:
+        chromium = None  # the browser's own tests skip; the run is still checked
     work = tmp_path_factory.mktemp("e2e")
     doc = yaml.safe_load(EXAMPLE_MANIFEST.read_text())
     doc["spec"]["dataset"]["path"] = str(PIRATE_DATA / "train.jsonl")
@@ -104,13 +131,21 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     try:
         # Watch the run through its console, as the page does, until its server answers.
         deadline = time.monotonic() + RUN_TIMEOUT
+        watch = None
         while not _ready(f"{run.server}/readyz"):
             assert process.poll() is None, run.stdout[-3000:]
             assert time.monotonic() < deadline, "maap run did not serve in time"
             if (sample := _sample(run.console, name)) is not None:
                 run.samples.append(sample)
+                if watch is None and chromium is not None and sample.phase == "Training":
+                    watch = PageWatch(chromium, f"{run.console}/console/#/jobs/{name}")
+            if watch is not None:
+                watch.look()
             time.sleep(0.5)
         run.seconds = time.monotonic() - started
+        if watch is not None:
+            run.page_sizes = watch.sizes
+            watch.page.close()
         yield run
     finally:
         if process.poll() is None:
@@ -296,38 +331,86 @@ def test_the_console_watched_the_run_train_with_a_growing_curve(run: Run) -> Non
     assert logged == list(range(LOGGING_STEPS, STEPS + 1, LOGGING_STEPS))
 
 
-def test_the_console_page_shows_the_run_and_its_playground_chats_with_it(browser, run: Run) -> None:
+def test_the_console_page_showed_the_curve_grow_while_the_run_trained(run: Run) -> None:
+    if run.page_sizes is None:
+        pytest.skip("no Chromium here (scripts/install-system-packages.sh installs it)")
+    assert len(run.page_sizes) >= 2, f"the page's curve did not grow: {run.page_sizes}"
+    assert run.page_sizes == sorted(run.page_sizes), run.page_sizes
+
+
+def test_the_console_shows_the_run_and_its_playground_streams_from_it(browser, run: Run) -> None:
     from playwright.sync_api import expect
 
     job = httpx.get(f"{run.console}/v1/fine_tuning/jobs/{run.model}", timeout=10).json()
     points = httpx.get(f"{run.console}/v1/fine_tuning/jobs/{run.model}/history", timeout=10)
+    history = points.json()["points"]
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     try:
         # The run's server asks no token, so neither does its console.
         page.goto(f"{run.console}/console/")
         expect(page.get_by_role("heading", name="Fine-tuning jobs")).to_be_focused()
-        status = page.locator(f'tr[data-job="{run.model}"] [data-status]')
-        expect(status).to_have_attribute("data-phase", "Serving")
-        expect(status).to_have_text("succeeded · Serving")
+        row = page.locator(f'tr[data-job="{run.model}"]')
+        cells = row.get_by_role("cell")
+        expect(cells.nth(2)).to_have_text("smollm2-135m-instruct")
+        expect(cells.nth(3)).to_have_text("lora")
+        expect(row.locator("[data-status]")).to_have_attribute("data-phase", "Serving")
+        expect(row.locator("[data-status]")).to_have_text("succeeded · Serving")
+        shoot(page, "jobs")
 
-        page.locator(f'tr[data-job="{run.model}"]').get_by_role("link", name=run.model).click()
+        # To the job's page by keyboard: its heading takes the focus.
+        row.get_by_role("link", name=run.model).focus()
+        page.keyboard.press("Enter")
         expect(page.get_by_role("heading", name=run.model)).to_be_focused()
+        # One point per logged step and the evals before and after, as the job's history.
         chart = page.get_by_role("img", name="Training and eval loss curve")
-        steps = ",".join(str(p["step"]) for p in points.json()["points"])
-        expect(chart).to_have_attribute("data-steps", steps)
+        expect(chart).to_have_attribute("data-steps", ",".join(str(p["step"]) for p in history))
+        expect(page.locator("figcaption")).to_have_text(f"Loss per step: {len(history)} points")
+        page.get_by_text("The points as a table").click()
+        expect(page.locator("table.points tbody tr")).to_have_count(len(history))
+        assert page.locator(".chart canvas").count() == 1
+        metrics = job["maap"]["metrics"]
+        loss = page.locator("dt", has_text="Eval loss before → after").locator(
+            "xpath=following-sibling::dd[1]"
+        )
+        shown = f"{round(metrics['evalLossBefore'], 4):g} → {round(metrics['evalLossAfter'], 4):g}"
+        expect(loss).to_have_text(shown)
+        # The export's figures and the conditions, as the job's status holds them.
+        exported = job["maap"]["export"]
+        size = page.locator(".export dd[data-bytes]")
+        expect(size).to_have_attribute("data-bytes", str(exported["sizeBytes"]))
         expect(page.locator(".export")).to_contain_text("int4")
+        for condition in job["maap"]["conditions"]:
+            cells = page.locator(f'tr[data-condition="{condition["type"]}"] td')
+            expect(cells.nth(1)).to_have_text(condition["status"])
+        shoot(page, "job")
 
         question = "What is the capital of France?"
         page.goto(f"{run.console}/console/#/playground")
+        expect(page.get_by_role("heading", name="Playground")).to_be_focused()
         expect(page.get_by_label("Model", exact=True)).to_have_value(job["fine_tuned_model"])
         page.get_by_label("Temperature").fill("0")
-        page.get_by_label("Max tokens").fill("32")
+        page.get_by_label("Max tokens").fill("48")
         page.get_by_label("Message").fill(question)
-        page.get_by_role("button", name="Send").click()
-        expect(page.get_by_role("button", name="Send")).to_be_enabled(timeout=120_000)
-        answer = page.locator('li[data-role="assistant"] p').inner_text().strip()
-        direct = chat(run.server, question, max_tokens=32)["choices"][0]["message"]["content"]
-        assert answer == direct.strip() and in_persona(answer), (answer, direct)
+        page.get_by_label("Message").focus()
+        page.keyboard.press("Tab")  # to Send, by keyboard
+        expect(page.get_by_role("button", name="Send")).to_be_focused()
+        page.keyboard.press("Enter")
+        # Streamed: the answer is seen at several lengths before it is complete.
+        answer = page.locator('li[data-role="assistant"] p')
+        seen: list[int] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            text = answer.inner_text() if answer.count() else ""
+            if text and text != "…" and len(text) not in seen:
+                seen.append(len(text))
+            if page.get_by_role("button", name="Send").is_enabled() and seen:
+                break
+            time.sleep(0.02)
+        assert len(seen) >= 3, f"the answer did not stream: lengths {seen}"
+        final = answer.inner_text().strip()
+        direct = chat(run.server, question, max_tokens=48)["choices"][0]["message"]["content"]
+        assert final == direct.strip() and in_persona(final), (final, direct)
         assert page.get_by_role("alert").count() == 0
+        shoot(page, "playground")
     finally:
         page.close()

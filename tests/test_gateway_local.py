@@ -1,6 +1,7 @@
 """`maap gateway --local` end to end with the real `openai` client: upload, fine-tune
 (pausing and resuming from a checkpoint), events, checkpoints, cancel, signed webhooks,
-then chat with the tuned models, two LoRA fine-tunes answered by one shared server.
+then chat with the tuned models, two LoRA fine-tunes answered by one shared server; then
+the console's playground, a fine-tune beside its base model, in Chromium.
 
 Real training, export and serving of SmolLM2 on CPU: slow (several minutes).
 """
@@ -24,8 +25,11 @@ import openai
 import pytest
 from maap_trainer.ports import free_port
 
+from tests.console_helpers import browser, shoot, sign_in
 from tests.gateway_helpers import KEY_A, KEY_B, KEYS
 from tests.serving import TEST_PARITY
+
+__all__ = ["browser"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.slow
 
@@ -280,3 +284,49 @@ def test_fine_tune_pause_resume_serve_and_share_one_base(gateway: Gateway) -> No
     with pytest.raises(openai.NotFoundError):
         team_b.chat.completions.create(model=done.fine_tuned_model, messages=question)
     assert done.fine_tuned_model not in {m.id for m in team_b.models.list()}
+
+
+def test_the_console_compares_a_fine_tune_with_its_base_model(browser, gateway: Gateway) -> None:
+    """The console's playground over this gateway's shared server: the fine-tune and its base
+    (the /v1/models parent) answer the same conversation side by side, each as the API
+    answers for that model."""
+    from playwright.sync_api import expect
+
+    team_a = gateway.client(KEY_A)
+    [job] = [j for j in team_a.fine_tuning.jobs.list() if j.user_provided_suffix == "pirate"]
+    assert job.status == "succeeded", job
+    listed = {m.id: m for m in team_a.models.list().data}
+    base = getattr(listed[job.fine_tuned_model], "parent", None)
+    assert base == "smollm2-135m-instruct", listed[job.fine_tuned_model]
+    question = "Name a fruit."
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    try:
+        page.goto(f"{gateway.base.removesuffix('/v1')}/console/#/playground")
+        sign_in(page, KEY_A)
+        page.get_by_label("Model", exact=True).select_option(job.fine_tuned_model)
+        compare = page.get_by_label("Compare with its base model")
+        expect(compare).to_be_enabled()
+        compare.check()
+        page.get_by_label("Temperature").fill("0")
+        page.get_by_label("Max tokens").fill("24")
+        page.get_by_label("Message").fill(question)
+        page.get_by_role("button", name="Send").click()
+        expect(page.get_by_role("button", name="Send")).to_be_enabled(timeout=120_000)
+
+        columns = page.locator("section.column")
+        expect(columns).to_have_count(2)
+        for name in (job.fine_tuned_model, base):
+            answer = page.locator(
+                f'section.column[data-model="{name}"] li[data-role="assistant"] p'
+            )
+            direct = team_a.chat.completions.create(
+                model=name, temperature=0, max_tokens=24,
+                messages=[{"role": "user", "content": question}],
+            )  # fmt: skip
+            expected = (direct.choices[0].message.content or "").strip()
+            assert expected, f"{name} answered nothing"
+            assert answer.inner_text().strip() == expected, name
+        assert page.get_by_role("alert").count() == 0
+        shoot(page, "playground-compare")
+    finally:
+        page.close()

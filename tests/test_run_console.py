@@ -69,6 +69,11 @@ def test_the_run_reads_as_a_job_stage_by_stage(run: RunJob) -> None:
     assert job["maap"]["progress"]["step"] == 3 and job["maap"]["progress"]["totalSteps"] == 10
     run.stage_finished("train", "metrics", TrainedMetrics(eval_loss_before=2.0, eval_loss_after=1.0,
                                                           steps=10))  # fmt: skip
+    assert state(run)["maap"]["artifacts"] is None, "nothing published yet"
+    (run.output_dir / "adapter").mkdir()
+    (run.output_dir / "adapter" / "adapter_config.json").write_text("{}")
+    run.stage_finished("train", None)
+    assert state(run)["maap"]["artifacts"] == {"adapter": str(run.output_dir / "adapter")}
     run.stage_started("export")
     run.stage_finished("export", None)
     run.serving_starting()

@@ -43,6 +43,10 @@ from scenario_steps import (  # noqa: E402
     uninstall_chart,
 )
 
+from tests.console_helpers import browser, sign_in  # noqa: E402
+
+__all__ = ["browser"]  # the fixture, imported for pytest
+
 pytestmark = pytest.mark.timeout(3600)
 
 MODEL = "smollm2-135m-instruct"
@@ -197,7 +201,7 @@ def wait_succeeded(client: openai.OpenAI, job_id: str) -> Any:
 
 
 def test_openai_client_fine_tunes_and_chats_through_the_gateway_on_real_pods(
-    maap: Cluster, tenants: dict[str, str]
+    maap: Cluster, tenants: dict[str, str], browser
 ) -> None:
     (ours, key), (_, other_key) = tenants.items()
     service = maap.get(f"service/{GATEWAY}", "-n", OPERATOR_NAMESPACE)
@@ -227,6 +231,7 @@ def test_openai_client_fine_tunes_and_chats_through_the_gateway_on_real_pods(
         check_fetched_from_the_gateway(maap, ours, job.id, uploaded.id)
         check_events_and_checkpoints(team_a, job.id)
         chat_through_the_gateway(team_a, done.fine_tuned_model)
+        check_the_console(browser, base, key, other_key, job.id, done.fine_tuned_model)
 
         # The other tenant: no job, no events, no model; 404s that say nothing of them.
         for call in (lambda: team_b.fine_tuning.jobs.retrieve(job.id),
@@ -322,3 +327,57 @@ def chat_through_the_gateway(team_a: openai.OpenAI, model: str) -> None:
     RESULTS["streamChunks"] = len(pieces)
     RESULTS["answer"] = "".join(pieces)
     say(f"streamed {len(pieces)} chunks, first after {arrivals[0]:.3f}s: {''.join(pieces)!r}")
+
+
+def check_the_console(browser, base: str, key: str, other_key: str, job_id: str, model: str):
+    """The gateway's console over the cluster backend, in Chromium: the job's row (its
+    namespace, phase), its page (the curve from the history ConfigMap, the conditions
+    from status), the playground answering through the gateway to the job's pod, and
+    nothing of it for the other tenant."""
+    from playwright.sync_api import expect
+
+    api = httpx.Client(base_url=f"{base}/v1", headers={"Authorization": f"Bearer {key}"},
+                       timeout=60)  # fmt: skip
+    job = api.get(f"/fine_tuning/jobs/{job_id}").json()
+    history = api.get(f"/fine_tuning/jobs/{job_id}/history").json()
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    try:
+        page.goto(f"{base}/console/")
+        sign_in(page, key)
+        row = page.locator(f'tr[data-job="{job_id}"]')
+        expect(row.get_by_role("cell").nth(1)).to_have_text(job["organization_id"])
+        expect(row.locator("[data-status]")).to_have_text("succeeded · Serving")
+        row.get_by_role("link", name=job_id).click()
+        expect(page.get_by_role("heading", name=job_id)).to_be_focused()
+        chart = page.get_by_role("img", name="Training and eval loss curve")
+        steps = ",".join(str(p["step"]) for p in history["points"])
+        expect(chart).to_have_attribute("data-steps", steps)
+        for condition in job["maap"]["conditions"]:
+            cells = page.locator(f'tr[data-condition="{condition["type"]}"] td')
+            expect(cells.nth(1)).to_have_text(condition["status"])
+        expect(page.locator(".export")).to_contain_text("int8")
+
+        page.goto(f"{base}/console/#/playground")
+        expect(page.get_by_label("Model", exact=True)).to_have_value(model)
+        page.get_by_label("Temperature").fill("0")
+        page.get_by_label("Max tokens").fill("24")
+        page.get_by_label("Message").fill(QUESTION[0]["content"])
+        page.get_by_role("button", name="Send").click()
+        expect(page.get_by_role("button", name="Send")).to_be_enabled(timeout=120_000)
+        answer = page.locator('li[data-role="assistant"] p').inner_text().strip()
+        direct = api.post(
+            "/chat/completions",
+            json={"model": model, "messages": QUESTION, "max_tokens": 24, "temperature": 0},
+        )
+        assert answer == direct.json()["choices"][0]["message"]["content"].strip()
+        RESULTS["consoleAnswer"] = answer
+
+        # The other tenant signs in and sees no job, and not this one's page.
+        page.evaluate("sessionStorage.clear()")
+        page.goto(f"{base}/console/")
+        sign_in(page, other_key)
+        expect(page.get_by_text("No fine-tuning jobs yet")).to_be_visible()
+        page.goto(f"{base}/console/#/jobs/{job_id}")
+        expect(page.get_by_role("alert")).to_contain_text("no fine-tuning job with id")
+    finally:
+        page.close()

@@ -24,7 +24,14 @@ from typing import Any
 from maap_api.errors import TERMINATION_LOG_ENV
 from maap_api.finetunejob import FineTuneJob
 from maap_api.history import JobHistory, read_history
-from maap_api.results import EXPORT_FILE, METRICS_FILE, ExportResult, TrainMetrics, read_result
+from maap_api.results import (
+    EXPORT_FILE,
+    METRICS_FILE,
+    ArtifactPaths,
+    ExportResult,
+    TrainMetrics,
+    read_result,
+)
 from maap_trainer.progress import read_progress
 
 from maap.gateway import jobs
@@ -222,6 +229,8 @@ class LocalBackend:
             raise StageFailed(failed, reason or f"{stage.name} failed (exit {code})")
         self._condition(namespace, job_id, stage.condition, "True", "Completed",
                         f"{stage.name} completed")  # fmt: skip
+        found = ArtifactPaths.found_in(folder, job_id).to_json_dict() or None
+        self.store.update(namespace, job_id, lambda o: o["status"].update(artifacts=found))
         summaries = {"train": ("metrics", METRICS_FILE, TrainMetrics),
                      "export": ("export", EXPORT_FILE, ExportResult)}  # fmt: skip
         if stage.name in summaries:

@@ -19,6 +19,7 @@ from typing import Any
 
 from maap_api.finetunejob import FineTuneJob
 from maap_api.history import JobHistory, read_history
+from maap_api.results import ArtifactPaths
 from maap_trainer.progress import read_progress
 
 from maap.gateway import jobs
@@ -85,12 +86,15 @@ class RunJob:
                 self._event("info", "Fine-tuning job started")
 
     def stage_finished(self, stage: str, summary_key: str | None, summary: Any = None) -> None:
-        """The stage's condition is True; its summary (status.metrics, status.export)."""
+        """The stage's condition is True; its summary (status.metrics, status.export) and
+        the artifacts in the output directory so far (status.artifacts)."""
         _, condition = STAGE_STATUS[stage]
         with self.lock:
             set_condition(self.obj, condition, "True", "Completed", f"{stage} completed")
             if summary_key is not None and summary is not None:
                 self.obj["status"][summary_key] = summary.to_json_dict()
+            found = ArtifactPaths.found_in(self.output_dir, self.name).to_json_dict()
+            self.obj["status"]["artifacts"] = found or None
 
     def failed(self, reason: str, message: str) -> None:
         with self.lock:
