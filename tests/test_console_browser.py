@@ -114,3 +114,32 @@ def test_an_open_gateway_needs_no_sign_in(browser, open_gateway: tuple[str, str]
         assert page.get_by_role("button", name="Sign out").count() == 0
     finally:
         page.close()
+
+
+def test_a_long_list_shows_the_newest_hundred_and_more_on_demand(
+    browser, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from playwright.sync_api import expect
+
+    root = tmp_path_factory.mktemp("crowded")
+    files = FileStore(root / "files")
+    backend = LocalBackend(root, files, serve=False)
+    app = create_app(backend, OpenAccess(), files, GatewaySettings(b"k" * 32, run_backend=False))
+    with serving_app(app) as base:
+        upload = httpx.post(f"{base}/files", data={"purpose": "fine-tune"},
+                            files={"file": ("train.jsonl", TRAIN.read_bytes())})  # fmt: skip
+        body = {"model": "smollm2-135m-instruct", "training_file": upload.json()["id"]}
+        created = [httpx.post(f"{base}/fine_tuning/jobs", json=body).json()["id"]
+                   for _ in range(105)]  # fmt: skip
+        page = browser.new_page()
+        try:
+            page.goto(f"{base.removesuffix('/v1')}/console/")
+            rows = page.locator("tr[data-job]")
+            expect(rows).to_have_count(100)
+            expect(rows.first).to_have_attribute("data-job", created[-1])  # newest first
+            page.get_by_role("button", name="Show older jobs").click()
+            expect(rows).to_have_count(105)
+            expect(rows.last).to_have_attribute("data-job", created[0])
+            assert page.get_by_role("button", name="Show older jobs").count() == 0
+        finally:
+            page.close()

@@ -25,19 +25,28 @@ export function StatusBadge({ job }: { job: Job }) {
   );
 }
 
+// The newest PAGE jobs first; "Show more" adds a page, up to what one request may list
+// (the API's limit). The whole shown list stays live: each poll asks for all of it.
+export const PAGE = 100;
+export const MOST = 1000;
+
 export function JobsPage({ onError }: { onError: OnError }) {
   const [jobs, setJobs] = useState<Job[] | null>(null);
+  const [more, setMore] = useState(false);
+  const [limit, setLimit] = useState(PAGE);
   const heading = useFocusHeading<HTMLHeadingElement>("jobs");
   usePoll(
     async (signal) => {
       try {
-        setJobs((await getJSON<List<Job>>("/v1/fine_tuning/jobs?limit=100", signal)).data);
+        const listed = await getJSON<List<Job>>(`/v1/fine_tuning/jobs?limit=${limit}`, signal);
+        setJobs(listed.data);
+        setMore(listed.has_more ?? false);
       } catch (error) {
         onError(error);
       }
     },
     3000,
-    [],
+    [limit],
   );
   return (
     <section aria-labelledby="jobs-heading">
@@ -82,6 +91,19 @@ export function JobsPage({ onError }: { onError: OnError }) {
             ))}
           </tbody>
         </table>
+      )}
+      {jobs !== null && more && limit < MOST && (
+        <p>
+          <button type="button" onClick={() => setLimit(Math.min(limit + PAGE, MOST))}>
+            Show older jobs
+          </button>
+        </p>
+      )}
+      {jobs !== null && more && limit >= MOST && (
+        <p>
+          The {MOST} newest jobs are shown; GET /v1/fine_tuning/jobs with <code>after</code> lists
+          the older ones.
+        </p>
       )}
     </section>
   );
