@@ -390,3 +390,21 @@ def test_serving_rolls_without_losing_capacity_or_requests() -> None:
     prestop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     # The preStop sleep plus the server's 30 s drain fit in the grace period.
     assert pod["terminationGracePeriodSeconds"] >= prestop + 30
+
+
+def test_every_stage_pod_reports_its_progress_and_summary_to_the_operator() -> None:
+    """The final report of each stage carries what status shows of it (fetch: its files,
+    train: status.metrics, export: status.export, publish: the published artifacts), so
+    every stage's pod gets the progress API's URL and the job's token."""
+    from maap.transfer_builders import build_fetch_job, build_publish_job
+
+    j = job(output={"path": "s3://bucket/runs/"})
+    for built in (build_fetch_job(j, UID, SETTINGS), builders.build_training_job(j, UID, SETTINGS),
+                  builders.build_export_job(j, UID, SETTINGS),
+                  build_publish_job(j, UID, SETTINGS)):  # fmt: skip
+        [container] = built["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        name = built["metadata"]["name"]
+        assert env["MAAP_PROGRESS_URL"]["value"] == "http://op:8081/v1/progress/team-a/demo", name
+        secret = env["MAAP_PROGRESS_TOKEN"]["valueFrom"]["secretKeyRef"]["name"]
+        assert secret == "demo-progress", name

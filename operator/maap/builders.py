@@ -41,6 +41,7 @@ from maap.podspec import (
     exit_code_rule,
     placement,
     pod_volumes,
+    progress_env,
     stage_container,
     stage_pod_spec,
 )
@@ -93,21 +94,6 @@ def build_serving_auth_secret(job: FineTuneJob, uid: str, token: str) -> dict[st
         "type": "Opaque",
         "stringData": {"token": token},
     }
-
-
-def progress_env(job: FineTuneJob, settings: OperatorSettings) -> list[dict[str, Any]]:
-    if not settings.progress_url:
-        return []
-    namespace = job.metadata.namespace or "default"
-    url = f"{settings.progress_url.rstrip('/')}/v1/progress/{namespace}/{job.metadata.name}"
-    secret = Names(job.metadata.name).progress_secret
-    return [
-        {"name": "MAAP_PROGRESS_URL", "value": url},
-        {
-            "name": "MAAP_PROGRESS_TOKEN",
-            "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}},
-        },
-    ]
 
 
 def trainer_config(job: FineTuneJob) -> TrainerConfig:
@@ -249,7 +235,8 @@ def build_headless_service(job: FineTuneJob, uid: str) -> dict[str, Any] | None:
 
 def build_export_job(job: FineTuneJob, uid: str, settings: OperatorSettings) -> dict[str, Any]:
     """ONNX export runs on CPU: same placement, no GPU request."""
-    container = stage_container(job, settings, "export", [], with_gpus=False)
+    env = progress_env(job, settings)  # its final report carries status.export
+    container = stage_container(job, settings, "export", env, with_gpus=False)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

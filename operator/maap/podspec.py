@@ -121,6 +121,23 @@ def cache_volume(cache: ModelCacheSettings) -> dict[str, Any]:
     return {"name": "model-cache", "persistentVolumeClaim": {"claimName": cache.claim_name}}
 
 
+def progress_env(job: FineTuneJob, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """Where every stage posts its progress reports (and a final report, its summary and
+    artifacts: status.metrics, status.export, status.artifacts), when the operator listens."""
+    if not settings.progress_url:
+        return []
+    namespace = job.metadata.namespace or "default"
+    url = f"{settings.progress_url.rstrip('/')}/v1/progress/{namespace}/{job.metadata.name}"
+    secret = Names(job.metadata.name).progress_secret
+    return [
+        {"name": "MAAP_PROGRESS_URL", "value": url},
+        {
+            "name": "MAAP_PROGRESS_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}},
+        },
+    ]
+
+
 def common_env(cache: ModelCacheSettings | None = None) -> list[dict[str, Any]]:
     # The shared cache is read-only in stage pods: ops JIT-built there go to the workspace.
     extensions = f"{WORKSPACE}/.cache/torch_extensions"

@@ -26,6 +26,7 @@ from maap.podspec import (
     EXIT_USER_ERROR,
     OperatorSettings,
     exit_code_rule,
+    progress_env,
     stage_container,
     stage_pod_spec,
 )
@@ -75,7 +76,8 @@ def user_error_fails_job(container: str) -> dict[str, Any]:
 def _transfer_job(
     job: FineTuneJob, uid: str, settings: OperatorSettings, stage: str, name: str, command: list
 ) -> dict[str, Any]:
-    env = credential_env(job.spec.s3, job.spec.hub)
+    # The final report of publish carries the published locations (status.artifacts).
+    env = credential_env(job.spec.s3, job.spec.hub) + progress_env(job, settings)
     container = stage_container(job, settings, stage, env, with_gpus=False, command=command)
     return {
         "apiVersion": "batch/v1",

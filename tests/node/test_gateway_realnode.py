@@ -340,6 +340,11 @@ def check_the_console(browser, base: str, key: str, other_key: str, job_id: str,
                        timeout=60)  # fmt: skip
     job = api.get(f"/fine_tuning/jobs/{job_id}").json()
     history = api.get(f"/fine_tuning/jobs/{job_id}/history").json()
+    # Every stage's pod reports to the operator: the export's summary and artifacts too.
+    exported, artifacts = job["maap"]["export"], job["maap"]["artifacts"]
+    assert exported and exported["precision"] == "int8" and exported["sizeBytes"] > 0, job["maap"]
+    assert artifacts["onnxModel"] == "/workspace/output/onnx", artifacts
+    RESULTS["export"] = exported
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     try:
         page.goto(f"{base}/console/")
