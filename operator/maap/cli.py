@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from maap_api.errors import UserError
@@ -18,10 +18,6 @@ from maap.local.serving import DEFAULT_CONSOLE_PORT
 from maap.manifest import ManifestError, load_manifest
 from maap.podspec import ModelCacheSettings, OperatorSettings
 from maap.settings import OperatorConfig
-
-if TYPE_CHECKING:
-    from maap.local.run_console import RunConsole
-    from maap.local.runner import LocalRunner
 
 app = typer.Typer(
     help="maap: fine-tune open models on your own machines and serve them with ONNX Runtime.",
@@ -100,7 +96,11 @@ def run(
     runner.job = RunJob(job, runner.output_dir)
     if serving and console_port == port:  # the model server's port stays the server's
         console_port = 0
-    shown = start_run_console(runner, host, console_port) if web_console else None
+    shown = None
+    if web_console:
+        from maap.local.run_console import start_run_console
+
+        shown = start_run_console(runner, host, console_port, console)
     try:
         runner.run_pipeline()
         if not serving:
@@ -122,18 +122,6 @@ def run(
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-def start_run_console(runner: LocalRunner, host: str, port: int) -> RunConsole:
-    """The run's web console, up before training so the curve can be watched growing."""
-    from maap.local.run_console import RunConsole
-
-    assert runner.job is not None
-    shown = RunConsole(runner.job, runner.serving_token())
-    url = shown.start(host, port)
-    key = " (API key: the serving token)" if runner.cfg.serving.auth_token_env else ""
-    console.print(f"Console: {url}{key}", soft_wrap=True, highlight=False)
-    return shown
 
 
 @app.command()

@@ -18,12 +18,14 @@ import time
 from pathlib import Path
 
 import uvicorn
+from rich.console import Console
 
 from maap.gateway.app import GatewaySettings, create_app
 from maap.gateway.console import PREFIX
 from maap.gateway.files import FileStore
 from maap.gateway.tenancy import DEFAULT_TENANT, KeyRing, OpenAccess, StaticKeys
 from maap.local.run_job import RunBackend, RunJob
+from maap.local.runner import LocalRunner
 from maap.local.serving import connect_host
 
 START_TIMEOUT_SECONDS = 15.0
@@ -86,3 +88,15 @@ class RunConsole:
             self.server.should_exit = True
             self.thread.join(timeout=10)
         self.files_dir.cleanup()
+
+
+def start_run_console(runner: LocalRunner, host: str, port: int, out: Console) -> RunConsole:
+    """The run's console, up before training so the curve can be watched growing; its key
+    is the serving token when the job's server will require one."""
+    if runner.job is None:
+        raise ValueError("the runner reports to no RunJob: set runner.job first")
+    shown = RunConsole(runner.job, runner.serving_token())
+    url = shown.start(host, port)
+    key = " (API key: the serving token)" if runner.cfg.serving.auth_token_env else ""
+    out.print(f"Console: {url}{key}", soft_wrap=True, highlight=False)
+    return shown
