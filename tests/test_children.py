@@ -65,6 +65,21 @@ def test_a_new_job_creates_the_train_stage_in_mount_order() -> None:
     ]  # one node: no headless Service
 
 
+def test_the_progress_secret_comes_before_the_first_stage_pod_and_once() -> None:
+    """Every stage pod (fetch, train, export, publish) reads its progress token from the
+    Secret: a pod created before it fails with CreateContainerConfigError."""
+    writes = plan(job(), UID, SETTINGS, ["fetch"], Children(), set(), token)
+    assert [(w.verb, w.kind, w.name) for w in writes] == [
+        ("apply", "ConfigMap", "demo-config"),
+        ("create", "PersistentVolumeClaim", "demo-artifacts"),
+        ("create", "Secret", "demo-progress"),
+        ("create", "Job", "demo-fetch"),
+    ]
+    both = plan(job(), UID, SETTINGS, ["fetch", "train"], Children(), set(), token)
+    assert [w.name for w in both if w.kind == "Secret"] == ["demo-progress"]
+    assert [w.name for w in both if w.verb == "create"].count("demo-artifacts") == 1
+
+
 def test_children_that_match_their_builders_cost_no_writes() -> None:
     j = job(serving={"auth": {"enabled": True}})
     bodies = [

@@ -50,6 +50,16 @@ def covers(observed: Any, desired: Any) -> bool:
     return observed == desired or str(observed) == str(desired)
 
 
+def _progress_secret(
+    job: FineTuneJob, uid: str, settings: OperatorSettings, token: TokenFactory
+) -> dict[str, Any] | None:
+    """Every stage pod reads its progress token from this Secret, so the first stage that
+    runs a pod (fetch, or train when there is nothing to fetch) creates it."""
+    if not settings.progress_url:
+        return None
+    return builders.build_progress_secret(job, uid, token(24))
+
+
 def _stage_bodies(
     stage: Stage, job: FineTuneJob, uid: str, settings: OperatorSettings, token: TokenFactory
 ) -> list[tuple[Verb, dict[str, Any] | None]]:
@@ -58,6 +68,7 @@ def _stage_bodies(
         return [
             ("apply", builders.build_config_map(job, uid)),
             ("create", builders.build_pvc(job, uid)),
+            ("create", _progress_secret(job, uid, settings, token)),
             ("create", transfer_builders.build_fetch_job(job, uid, settings)),
         ]
     if stage == "cache":
@@ -71,14 +82,11 @@ def _stage_bodies(
     if stage == "publish":
         return [("create", transfer_builders.build_publish_job(job, uid, settings))]
     if stage == "train":
-        progress_secret = (
-            builders.build_progress_secret(job, uid, token(24)) if settings.progress_url else None
-        )
         return [
             ("apply", builders.build_config_map(job, uid)),
             ("create", builders.build_pvc(job, uid)),
             ("apply", builders.build_headless_service(job, uid)),
-            ("create", progress_secret),
+            ("create", _progress_secret(job, uid, settings, token)),
             ("create", builders.build_training_job(job, uid, settings)),
         ]
     if stage == "export":
@@ -112,7 +120,8 @@ def plan(
             kind, name = body["kind"], body["metadata"]["name"]
             if verb == "create":
                 watched = {"Job": seen.jobs, "CachedModel": seen.cachedmodels}.get(kind, {})
-                if name not in created and name not in watched:
+                planned = any(w.kind == kind and w.name == name for w in writes)
+                if name not in created and name not in watched and not planned:
                     writes.append(Write("create", kind, name, body))
             elif not covers(seen.of_kind(kind).get(name), body):
                 writes.append(Write("apply", kind, name, body))
