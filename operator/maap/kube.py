@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import time
 from typing import Any
 
 from kubernetes import client, config
@@ -161,3 +163,9 @@ class Kube:
 
     def patch_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
+
+
+def backoff_after_conflict(attempt: int) -> None:
+    """Wait before retrying a write refused with 409 (changed since read): a growing,
+    jittered wait, so writers that collided once do not collide again in lockstep."""
+    time.sleep(random.uniform(0, min(0.05 * 2**attempt, 1.0)))

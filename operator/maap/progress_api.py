@@ -29,6 +29,7 @@ from maap_api.history import JobHistory, history_configmap_data, parse_history_c
 from maap_trainer.progress import ProgressReport
 from pydantic import ValidationError
 
+from maap.kube import backoff_after_conflict
 from maap.objectmeta import JOB_LABEL, Names, object_metadata
 from maap.reconcile import parse
 
@@ -126,7 +127,9 @@ class ProgressReceiver:
         created when missing, else replaced at the resourceVersion read (a 409 means
         another report got in first: read it again and merge once more)."""
         cm_name = Names(name).history_configmap
-        for _ in range(HISTORY_ATTEMPTS):
+        for attempt in range(HISTORY_ATTEMPTS):
+            if attempt:
+                backoff_after_conflict(attempt)
             try:
                 current = self.core.read_namespaced_config_map(cm_name, namespace)
             except ApiException as exc:

@@ -30,13 +30,14 @@ from maap.gateway import jobs
 from maap.gateway.backend import JobEvent, ServedModel
 from maap.gateway.errors import APIError, not_found
 from maap.gateway.file_urls import signed_file_url
+from maap.kube import backoff_after_conflict
 from maap.objectmeta import Names
 
 GATEWAY_SELECTOR = f"{jobs.GATEWAY_LABEL}=true"
 TOKEN_KEY = "token"  # the key of the serving auth Secret (maap.builders)
 TOKEN_CACHE_SECONDS = 30.0  # every chat request lists the served models
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_PATCH_ATTEMPTS = 3
+_PATCH_ATTEMPTS = 8
 JOB_PARAM = "fine_tuning_job_id"
 
 
@@ -111,7 +112,9 @@ class KubeBackend:
     def _patch(self, namespace: str, job_id: str, change: Any) -> dict[str, Any]:
         """A merge patch of what `change(current)` says, on the version it was decided on:
         a job that moved in between (finished, say) is read again and decided again."""
-        for _ in range(_PATCH_ATTEMPTS):
+        for attempt in range(_PATCH_ATTEMPTS):
+            if attempt:  # the operator writes a new job's status several times in a row
+                backoff_after_conflict(attempt)
             obj = self.get(namespace, job_id)
             if obj is None:
                 raise not_found("fine-tuning job", job_id, JOB_PARAM)
