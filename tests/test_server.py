@@ -319,7 +319,9 @@ def test_full_queue_answers_429_and_a_dropped_stream_frees_its_slot(
     int4_export: ExportRun,
     tmp_path: Path,
 ) -> None:
-    long = {"prompt": "Once upon a time", "max_tokens": 200, "min_tokens": 200,
+    # Long enough that it is still generating when the second request comes, on a fast
+    # machine too (200 tokens were once all generated before it: a 200, not a 429).
+    long = {"prompt": "Once upon a time", "max_tokens": 1000, "min_tokens": 1000,
             "temperature": 0, "stream": True}  # fmt: skip
     with (
         running_server(int4_export.onnx, tmp_path / "serve.log",
