@@ -27,24 +27,29 @@ from maap_api.history import JobHistory, read_history
 from maap_api.results import (
     EXPORT_FILE,
     METRICS_FILE,
-    ArtifactPaths,
     ExportResult,
     TrainMetrics,
     read_result,
 )
-from maap_trainer.progress import read_progress
 
 from maap.gateway import jobs
 from maap.gateway.backend import JobEvent, ServedModel
 from maap.gateway.files import FileStore
 from maap.gateway.local_serving import ServingError, ServingPool
-from maap.gateway.local_status import STAGE_STATUS, complete, fail, set_condition, set_phase
+from maap.gateway.local_status import (
+    STAGE_STATUS,
+    complete,
+    fail,
+    finish_stage,
+    set_condition,
+    set_phase,
+    with_live_progress,
+)
 from maap.gateway.local_store import LocalJobStore
 from maap.local.runner import resolve_trainer_config, write_trainer_config
 from maap.local.serving import CONFIG_FILE
 from maap.pipeline import now
 from maap.podspec import EXIT_PREEMPTED
-from maap.progress_api import status_progress
 from maap.stages import pipeline_commands
 
 log = logging.getLogger("maap.gateway.local")
@@ -109,11 +114,9 @@ class LocalBackend:
 
     def get(self, namespace: str, job_id: str) -> dict[str, Any] | None:
         obj = self.store.get(namespace, job_id)
-        if obj is not None and obj["status"].get("phase") == "Training":
-            report = read_progress(self.store.folder(namespace, job_id))
-            if report is not None and report.stage == "training":
-                obj["status"]["progress"] = status_progress(report)
-        return obj
+        return (
+            None if obj is None else with_live_progress(obj, self.store.folder(namespace, job_id))
+        )
 
     def list(self, namespace: str) -> list[dict[str, Any]]:
         return [o for o in (self.get(namespace, j["metadata"]["name"])
@@ -227,16 +230,14 @@ class LocalBackend:
             reason = termination.read_text().strip() if termination.is_file() else ""
             failed = f"{stage.name.capitalize()}Failed"
             raise StageFailed(failed, reason or f"{stage.name} failed (exit {code})")
-        self._condition(namespace, job_id, stage.condition, "True", "Completed",
-                        f"{stage.name} completed")  # fmt: skip
-        found = ArtifactPaths.found_in(folder, job_id).to_json_dict() or None
-        self.store.update(namespace, job_id, lambda o: o["status"].update(artifacts=found))
         summaries = {"train": ("metrics", METRICS_FILE, TrainMetrics),
                      "export": ("export", EXPORT_FILE, ExportResult)}  # fmt: skip
+        key, summary = None, None
         if stage.name in summaries:
             key, name, model = summaries[stage.name]
-            summary = read_result(folder / name, model).summary().to_json_dict()
-            self.store.update(namespace, job_id, lambda o: o["status"].update({key: summary}))
+            summary = read_result(folder / name, model).summary()
+        self.store.update(namespace, job_id,
+                          lambda o: finish_stage(o, stage.name, folder, key, summary))  # fmt: skip
 
     def _finished(self, namespace: str, job_id: str, folder: Path, serving: bool) -> None:
         if not serving:

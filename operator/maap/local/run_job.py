@@ -19,8 +19,6 @@ from typing import Any
 
 from maap_api.finetunejob import FineTuneJob
 from maap_api.history import JobHistory, read_history
-from maap_api.results import ArtifactPaths
-from maap_trainer.progress import read_progress
 
 from maap.gateway import jobs
 from maap.gateway.backend import JobEvent, ServedModel
@@ -29,13 +27,14 @@ from maap.gateway.local_status import (
     STAGE_STATUS,
     complete,
     fail,
+    finish_stage,
     new_status,
     set_condition,
     set_phase,
+    with_live_progress,
 )
 from maap.gateway.tenancy import DEFAULT_TENANT
 from maap.pipeline import now
-from maap.progress_api import status_progress
 
 READ_ONLY = (
     "this console shows the job of one `maap run`; it creates, pauses and cancels none: "
@@ -86,15 +85,9 @@ class RunJob:
                 self._event("info", "Fine-tuning job started")
 
     def stage_finished(self, stage: str, summary_key: str | None, summary: Any = None) -> None:
-        """The stage's condition is True; its summary (status.metrics, status.export) and
-        the artifacts in the output directory so far (status.artifacts)."""
-        _, condition = STAGE_STATUS[stage]
+        """The stage's condition, summary and artifacts (local_status.finish_stage)."""
         with self.lock:
-            set_condition(self.obj, condition, "True", "Completed", f"{stage} completed")
-            if summary_key is not None and summary is not None:
-                self.obj["status"][summary_key] = summary.to_json_dict()
-            found = ArtifactPaths.found_in(self.output_dir, self.name).to_json_dict()
-            self.obj["status"]["artifacts"] = found or None
+            finish_stage(self.obj, stage, self.output_dir, summary_key, summary)
 
     def failed(self, reason: str, message: str) -> None:
         with self.lock:
@@ -125,11 +118,6 @@ class RunJob:
             self._event("info", f"New fine-tuned model {self.served.name} served at {upstream}")
             self._event("info", "The job has successfully completed")
 
-    def serving_stopped(self, message: str) -> None:
-        with self.lock:
-            self.served = None
-            set_condition(self.obj, "ServingReady", "False", "Stopped", message)
-
 
 class RunBackend:
     """The gateway's JobBackend over one `maap run` (see maap.gateway.backend)."""
@@ -143,12 +131,7 @@ class RunBackend:
     def get(self, namespace: str, job_id: str) -> dict[str, Any] | None:
         if not self._mine(namespace, job_id):
             return None
-        obj = self.run.snapshot()
-        if obj["status"].get("phase") == "Training":
-            report = read_progress(self.run.output_dir)
-            if report is not None and report.stage == "training":
-                obj["status"]["progress"] = status_progress(report)
-        return obj
+        return with_live_progress(self.run.snapshot(), self.run.output_dir)
 
     def list(self, namespace: str) -> list[dict[str, Any]]:
         found = self.get(namespace, self.run.name)

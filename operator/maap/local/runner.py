@@ -250,10 +250,13 @@ class LocalRunner:
     def serving_token(self) -> str | None:
         """The bearer token the job's server will require (created now if it asks for one
         and has none yet), so the console can ask for the same key from the start."""
-        token_env = self.cfg.serving.auth_token_env
-        if not token_env:
+        if not self.cfg.serving.auth_token_env:
             return None
-        return self.server("127.0.0.1", self.cfg.serving.port).env.get(token_env)
+        return self._token(self.server("127.0.0.1", self.cfg.serving.port))
+
+    def _token(self, server: LocalServer) -> str | None:
+        token_env = self.cfg.serving.auth_token_env
+        return server.env.get(token_env) if token_env else None
 
     def serve(self, host: str, port: int) -> int:
         """Start the server, wait until it answers, print how to call it, run until Ctrl-C."""
@@ -280,9 +283,8 @@ class LocalRunner:
                             raise StageFailed(message)
                         time.sleep(0.3)
                 if self.job is not None:
-                    token_env = self.cfg.serving.auth_token_env
-                    token = server.env.get(token_env) if token_env else None
-                    self.job.serving_ready(f"http://{connect_host(host)}:{port}", token)
+                    upstream = f"http://{connect_host(host)}:{port}"
+                    self.job.serving_ready(upstream, self._token(server))
                 self._print_serving(base, server.token_hint)
                 return child.wait()
             except KeyboardInterrupt:
